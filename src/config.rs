@@ -1,0 +1,299 @@
+//! Configuration from the environment (and a `.env` file), each setting also a `--flag`.
+//! The reference's variable names and defaults are kept so an existing `.env` works unchanged.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Largest suspend time a thermostat tolerates before it opens overlapping subscriptions.
+pub const SUSPEND_TIME_MAX_LIMIT: u64 = 350;
+/// Below this, `expires` would be less than 30 minutes ahead and the thermostat rejects the code.
+pub const MIN_ENTRY_KEY_TTL_SECONDS: u64 = 1800;
+
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Base URL the thermostats use to reach the device port.
+    #[arg(long, env = "API_ORIGIN", value_name = "API_ORIGIN", default_value = "http://localhost:8000")]
+    pub api_origin: String,
+
+    #[arg(long, env = "SERVER_HOST", value_name = "SERVER_HOST", default_value = "0.0.0.0")]
+    pub server_host: IpAddr,
+
+    #[arg(long, env = "SERVER_PORT", value_name = "SERVER_PORT", default_value_t = 8000)]
+    pub server_port: u16,
+
+    #[arg(long, env = "CONTROL_HOST", value_name = "CONTROL_HOST", default_value = "0.0.0.0")]
+    pub control_host: IpAddr,
+
+    #[arg(long, env = "CONTROL_PORT", value_name = "CONTROL_PORT", default_value_t = 8082)]
+    pub control_port: u16,
+
+    /// Directory holding `fullchain.pem` and `privkey.pem`; when set the device port serves HTTPS.
+    #[arg(long, env = "CERT_DIR", value_name = "CERT_DIR")]
+    pub cert_dir: Option<PathBuf>,
+
+    #[arg(long, env = "ENTRY_KEY_TTL_SECONDS", value_name = "ENTRY_KEY_TTL_SECONDS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(60..=30 * 24 * 3600))]
+    pub entry_key_ttl_seconds: u64,
+
+    #[arg(long, env = "REQUIRE_DEVICE_PAIRING", value_name = "REQUIRE_DEVICE_PAIRING", default_value = "false",
+          value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub require_device_pairing: bool,
+
+    #[arg(long, env = "WEATHER_CACHE_TTL_MS", value_name = "WEATHER_CACHE_TTL_MS", default_value_t = 600_000)]
+    pub weather_cache_ttl_ms: u64,
+
+    #[arg(long, env = "MAX_SUBSCRIPTIONS_PER_DEVICE", value_name = "MAX_SUBSCRIPTIONS_PER_DEVICE", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub max_subscriptions_per_device: u64,
+
+    #[arg(long, env = "SUSPEND_TIME_MAX", value_name = "SUSPEND_TIME_MAX", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(5..=SUSPEND_TIME_MAX_LIMIT))]
+    pub suspend_time_max: u64,
+
+    #[arg(long, env = "DEFER_DEVICE_WINDOW", value_name = "DEFER_DEVICE_WINDOW", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(0..=3599))]
+    pub defer_device_window: u64,
+
+    #[arg(long, env = "DISABLE_DEFER_WINDOW", value_name = "DISABLE_DEFER_WINDOW", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(0..=3599))]
+    pub disable_defer_window: u64,
+
+    /// Seconds a subscribe is held before it is ended with the terminal chunk
+    /// (default `SUSPEND_TIME_MAX - 10`).
+    #[arg(long, env = "CONNECTION_HOLD_TIMEOUT", value_name = "CONNECTION_HOLD_TIMEOUT")]
+    pub connection_hold_timeout: Option<f64>,
+
+    #[arg(long, env = "SQLITE3_DB_PATH", value_name = "SQLITE3_DB_PATH", default_value = "./data/database.sqlite")]
+    pub sqlite3_db_path: PathBuf,
+
+    #[arg(long, env = "DEBUG_LOGGING", value_name = "DEBUG_LOGGING", default_value = "false",
+          value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub debug_logging: bool,
+
+    #[arg(long, env = "DEBUG_LOGS_DIR", value_name = "DEBUG_LOGS_DIR", default_value = "./data/debug-logs")]
+    pub debug_logs_dir: PathBuf,
+
+    #[arg(long, env = "STORE_DEVICE_LOGS", value_name = "STORE_DEVICE_LOGS", default_value = "false",
+          value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub store_device_logs: bool,
+
+    #[arg(long, env = "DEVICE_LOGS_DIR", value_name = "DEVICE_LOGS_DIR", default_value = "./data/device-logs")]
+    pub device_logs_dir: PathBuf,
+
+    #[arg(long, env = "MQTT_HOST", value_name = "MQTT_HOST")]
+    pub mqtt_host: Option<String>,
+
+    #[arg(long, env = "MQTT_PORT", value_name = "MQTT_PORT", default_value_t = 1883)]
+    pub mqtt_port: u16,
+
+    #[arg(long, env = "MQTT_USER", value_name = "MQTT_USER")]
+    pub mqtt_user: Option<String>,
+
+    #[arg(long, env = "MQTT_PASSWORD", value_name = "MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+
+    #[arg(long, env = "MQTT_TOPIC_PREFIX", value_name = "MQTT_TOPIC_PREFIX", default_value = "nolongerevil")]
+    pub mqtt_topic_prefix: String,
+
+    #[arg(long, env = "MQTT_DISCOVERY_PREFIX", value_name = "MQTT_DISCOVERY_PREFIX", default_value = "homeassistant")]
+    pub mqtt_discovery_prefix: String,
+
+    /// One key or a comma-separated list; when set, the control port requires it.
+    #[arg(long, env = "CONTROL_API_KEY", value_name = "CONTROL_API_KEY", hide_env_values = true)]
+    pub control_api_key: Option<String>,
+
+    /// Browser origins allowed on the control port (comma-separated); none by default.
+    #[arg(long, env = "CORS_ORIGINS", value_name = "CORS_ORIGINS")]
+    pub cors_origins: Option<String>,
+
+    #[arg(long, env = "SSE_KEEPALIVE_SECONDS", value_name = "SSE_KEEPALIVE_SECONDS", default_value_t = 15.0)]
+    pub sse_keepalive_seconds: f64,
+
+    #[arg(long, env = "SSE_MAX_CLIENTS", value_name = "SSE_MAX_CLIENTS", default_value_t = 1000)]
+    pub sse_max_clients: usize,
+
+    #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "pretty",
+          value_parser = ["pretty", "json"])]
+    pub log_format: String,
+}
+
+/// Booleans as the reference accepts them.
+fn parse_bool(raw: &str) -> Result<bool, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        other => Err(format!("'{other}' is not a boolean (use true or false)")),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{name}: {message}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub message: String,
+}
+
+impl Config {
+    /// Cross-field checks that clap cannot express. Returns warnings worth logging.
+    pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        let max_hold = self.suspend_time_max.saturating_sub(10) as f64;
+        if let Some(hold) = self.connection_hold_timeout {
+            if !hold.is_finite() || hold <= 0.0 {
+                return Err(ConfigError {
+                    name: "CONNECTION_HOLD_TIMEOUT",
+                    message: format!("must be a positive number of seconds, got {hold}"),
+                });
+            }
+            if hold > max_hold {
+                return Err(ConfigError {
+                    name: "CONNECTION_HOLD_TIMEOUT",
+                    message: format!(
+                        "{hold} s is above SUSPEND_TIME_MAX - 10 = {max_hold} s; the thermostat's own wake timer would fire first and open overlapping subscriptions"
+                    ),
+                });
+            }
+        } else if max_hold <= 0.0 {
+            return Err(ConfigError {
+                name: "SUSPEND_TIME_MAX",
+                message: "must be above 10 s so that a subscribe can be held".into(),
+            });
+        }
+        origin_parts(&self.api_origin).map_err(|message| ConfigError { name: "API_ORIGIN", message })?;
+        if !self.sse_keepalive_seconds.is_finite() || self.sse_keepalive_seconds <= 0.0 {
+            return Err(ConfigError {
+                name: "SSE_KEEPALIVE_SECONDS",
+                message: "must be a positive number of seconds".into(),
+            });
+        }
+        if self.entry_key_ttl_seconds < MIN_ENTRY_KEY_TTL_SECONDS {
+            warnings.push(format!(
+                "ENTRY_KEY_TTL_SECONDS={} is below {MIN_ENTRY_KEY_TTL_SECONDS}: thermostats reject codes that expire within 30 minutes, so every poll gets a fresh code",
+                self.entry_key_ttl_seconds
+            ));
+        }
+        Ok(warnings)
+    }
+
+    pub fn hold_timeout(&self) -> Duration {
+        let secs = self.connection_hold_timeout.unwrap_or(self.suspend_time_max.saturating_sub(10) as f64);
+        Duration::from_secs_f64(secs)
+    }
+
+    pub fn sse_keepalive(&self) -> Duration {
+        Duration::from_secs_f64(self.sse_keepalive_seconds)
+    }
+
+    /// `API_ORIGIN` with an explicit port: the thermostat's Wi-Fi offload needs one in every URL.
+    pub fn origin_with_port(&self) -> String {
+        match origin_parts(&self.api_origin) {
+            Ok(parts) => match parts.port {
+                Some(_) => parts.origin,
+                None => format!("{}:{}", parts.origin, self.server_port),
+            },
+            Err(_) => self.api_origin.trim_end_matches('/').to_string(),
+        }
+    }
+
+    pub fn api_keys(&self) -> Vec<String> {
+        split_list(self.control_api_key.as_deref())
+    }
+
+    pub fn cors_origin_list(&self) -> Vec<String> {
+        split_list(self.cors_origins.as_deref())
+    }
+}
+
+fn split_list(raw: Option<&str>) -> Vec<String> {
+    raw.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+/// The pieces of an origin URL that roost needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OriginParts {
+    /// Scheme and authority, no trailing slash or path.
+    pub origin: String,
+    pub https: bool,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+pub fn origin_parts(raw: &str) -> Result<OriginParts, String> {
+    let raw = raw.trim().trim_end_matches('/');
+    let (scheme, rest) =
+        raw.split_once("://").ok_or_else(|| format!("'{raw}' needs a scheme, like http://192.168.1.50"))?;
+    let https = match scheme.to_ascii_lowercase().as_str() {
+        "http" => false,
+        "https" => true,
+        other => return Err(format!("scheme '{other}' is not http or https")),
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err(format!("'{raw}' has no host"));
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+            if host.is_empty() {
+                return Err(format!("'{raw}' has no host"));
+            }
+            let port = port.parse::<u16>().map_err(|_| format!("'{port}' in '{raw}' is not a port number"))?;
+            (host.to_string(), Some(port))
+        }
+        _ => (authority.to_string(), None),
+    };
+    Ok(OriginParts { origin: format!("{scheme}://{authority}"), https, host, port })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut all = vec!["roost"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).map(|c| c.config)
+    }
+
+    #[test]
+    fn origin_gets_the_server_port_when_it_has_none() {
+        let c = parse(&["--api-origin", "http://192.168.1.50", "--server-port", "8000"]).unwrap();
+        assert_eq!(c.origin_with_port(), "http://192.168.1.50:8000");
+        let c = parse(&["--api-origin", "https://nest.lan:443/"]).unwrap();
+        assert_eq!(c.origin_with_port(), "https://nest.lan:443");
+    }
+
+    #[test]
+    fn hold_above_suspend_minus_ten_is_refused() {
+        let c = parse(&["--suspend-time-max", "300", "--connection-hold-timeout", "295"]).unwrap();
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.name, "CONNECTION_HOLD_TIMEOUT");
+        let c = parse(&["--suspend-time-max", "300"]).unwrap();
+        assert_eq!(c.hold_timeout(), Duration::from_secs(290));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = parse(&["--suspend-time-max", "600"]).err().unwrap().to_string();
+        assert!(err.contains("SUSPEND_TIME_MAX"), "{err}");
+        let err = parse(&["--require-device-pairing", "maybe"]).err().unwrap().to_string();
+        assert!(err.contains("REQUIRE_DEVICE_PAIRING"), "{err}");
+        let c = parse(&["--api-origin", "ftp://x"]).unwrap();
+        assert_eq!(c.validate().unwrap_err().name, "API_ORIGIN");
+    }
+
+    #[test]
+    fn short_entry_key_ttl_warns() {
+        let c = parse(&["--entry-key-ttl-seconds", "600"]).unwrap();
+        assert_eq!(c.validate().unwrap().len(), 1);
+    }
+}

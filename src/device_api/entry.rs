@@ -1,0 +1,99 @@
+//! Service discovery, ping, provisioning info and pairing codes.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::json;
+
+use super::{identify, query_param, serial_required};
+use crate::AppState;
+use crate::config::origin_parts;
+use crate::domain::bucket::Fields;
+use crate::domain::time::now_ms;
+use crate::error::ApiError;
+use crate::state::{Op, Origin};
+
+pub async fn entry(state: web::Data<AppState>) -> HttpResponse {
+    let origin = state.config.origin_with_port();
+    let url = |path: &str| format!("{origin}{path}");
+    HttpResponse::Ok().json(json!({
+        "czfe_url": url("/nest/transport"),
+        "transport_url": url("/nest/transport"),
+        "direct_transport_url": url("/nest/transport"),
+        "passphrase_url": url("/nest/passphrase"),
+        "ping_url": url("/nest/ping"),
+        "pro_info_url": url("/nest/pro_info"),
+        "weather_url": url("/nest/weather/v1?query="),
+        "upload_url": url("/nest/upload"),
+        "software_update_url": "",
+        "server_version": "1.0.0",
+        "tier_name": "local",
+    }))
+}
+
+pub async fn ping(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(caller) = identify(&req, None) {
+        state.availability.touch(&caller.serial, caller.password.as_deref());
+    }
+    HttpResponse::Ok().json(json!({"status": "ok", "timestamp": now_ms()}))
+}
+
+/// Provisioning facts for installers. Reports the same explicit port that `/nest/entry` uses.
+pub async fn info(state: web::Data<AppState>) -> HttpResponse {
+    let origin = state.config.origin_with_port();
+    let parts = origin_parts(&origin).ok();
+    let https = parts.as_ref().is_some_and(|p| p.https);
+    json_ok(json!({
+        "server": "roost",
+        "version": env!("CARGO_PKG_VERSION"),
+        "api_origin": state.config.api_origin,
+        "cloudregisterurl": format!("{origin}/entry"),
+        "ip": parts.as_ref().map(|p| p.host.clone()),
+        "port": parts.as_ref().and_then(|p| p.port).unwrap_or(if https { 443 } else { 80 }),
+        "ssl": https,
+        "require_device_pairing": state.config.require_device_pairing,
+        "entry_key_ttl_seconds": state.config.entry_key_ttl_seconds,
+    }))
+}
+
+fn json_ok(v: serde_json::Value) -> HttpResponse {
+    HttpResponse::Ok().json(v)
+}
+
+pub async fn pro_info(req: HttpRequest) -> HttpResponse {
+    let code =
+        req.match_info().get("code").map(String::from).or_else(|| query_param(&req, "entry_code")).unwrap_or_default();
+    json_ok(json!({
+        "id": 1,
+        "pro_id": code,
+        "dba": "roost",
+        "locality": "A Self-Hosted Thermostat",
+        "website": "",
+        "rating": 5.0,
+    }))
+}
+
+/// The pairing code shown on the thermostat. `expires` is a JSON number of milliseconds.
+pub async fn passphrase(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let caller = identify(&req, None).ok_or_else(serial_required)?;
+    state.availability.touch(&caller.serial, caller.password.as_deref());
+    let ttl_ms = (state.config.entry_key_ttl_seconds as i64).saturating_mul(1000);
+    let key = state.pairing.entry_key(&caller.serial, ttl_ms).await?;
+    let mut dialog = Fields::new();
+    dialog.insert("dialog_data".into(), "".into());
+    dialog.insert("dialog_id".into(), "confirm-pairing".into());
+    let op = Op::CreateIfMissing { key: format!("device_alert_dialog.{}", caller.serial), fields: dialog };
+    state.store.apply(&caller.serial, Origin::Device, false, vec![op]).await?;
+    tracing::info!(serial = %caller.serial, "entry key issued");
+    Ok(json_ok(json!({"value": key.code, "expires": key.expires_at})))
+}
+
+pub async fn passphrase_status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let caller = identify(&req, None).ok_or_else(serial_required)?;
+    let body = match state.pairing.latest_key(&caller.serial).await? {
+        None => json!({"status": "no_key", "claimed": false, "message": "No entry key found for this device"}),
+        Some(k) if k.claimed_by.is_some() => {
+            json!({"status": "claimed", "claimed": true, "claimedBy": k.claimed_by, "claimedAt": k.claimed_at})
+        }
+        Some(k) => json!({"status": "pending", "claimed": false, "expiresAt": k.expires_at}),
+    };
+    Ok(json_ok(body))
+}

@@ -1,0 +1,6 @@
+//! Pure types and rules: serials, buckets and their wire forms, sync decisions, commands.
+
+pub mod bucket;
+pub mod command;
+pub mod serial;
+pub mod time;

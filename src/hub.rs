@@ -1,0 +1,117 @@
+//! Fan-out of committed changes: wake-ups for held subscribes of a serial, and a bounded
+//! feed for other consumers (event stream, MQTT, history).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::state::{Change, Origin};
+
+/// Pushes a held subscribe may have queued before it is considered stuck and ended.
+const SUBSCRIBE_QUEUE: usize = 16;
+/// Changes buffered for feed consumers; one that falls further behind is told it lagged.
+const FEED_CAPACITY: usize = 4096;
+
+struct Held {
+    id: u64,
+    tx: mpsc::Sender<Arc<Change>>,
+}
+
+pub struct Hub {
+    held: Mutex<HashMap<String, VecDeque<Held>>>,
+    next_id: AtomicU64,
+    max_per_serial: usize,
+    feed: broadcast::Sender<Arc<Change>>,
+}
+
+/// A registered subscribe. Dropping it unregisters it.
+pub struct Subscription {
+    pub rx: mpsc::Receiver<Arc<Change>>,
+    id: u64,
+    serial: String,
+    hub: Arc<Hub>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.remove(&self.serial, self.id);
+    }
+}
+
+impl Hub {
+    pub fn new(max_per_serial: usize) -> Arc<Self> {
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        Arc::new(Self {
+            held: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            max_per_serial: max_per_serial.max(1),
+            feed,
+        })
+    }
+
+    /// Registers a held subscribe for `serial`. Past the per-device limit the oldest is ended
+    /// (its queue closes, so it finishes with the terminal chunk).
+    pub fn subscribe(self: &Arc<Self>, serial: &str) -> Subscription {
+        let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut held) = self.held.lock() {
+            let list = held.entry(serial.to_string()).or_default();
+            while list.len() >= self.max_per_serial {
+                list.pop_front();
+            }
+            list.push_back(Held { id, tx });
+        }
+        Subscription { rx, id, serial: serial.to_string(), hub: self.clone() }
+    }
+
+    fn remove(&self, serial: &str, id: u64) {
+        if let Ok(mut held) = self.held.lock() {
+            if let Some(list) = held.get_mut(serial) {
+                list.retain(|h| h.id != id);
+                if list.is_empty() {
+                    held.remove(serial);
+                }
+            }
+        }
+    }
+
+    /// Held subscribes of one serial.
+    pub fn held_count(&self, serial: &str) -> usize {
+        self.held.lock().map(|h| h.get(serial).map_or(0, VecDeque::len)).unwrap_or(0)
+    }
+
+    /// All held subscribes, and how many serials have at least one.
+    pub fn held_totals(&self) -> (usize, usize) {
+        self.held.lock().map(|h| (h.values().map(VecDeque::len).sum(), h.len())).unwrap_or((0, 0))
+    }
+
+    /// Ends every held subscribe of a serial (used when the device is deleted).
+    pub fn end_serial(&self, serial: &str) {
+        if let Ok(mut held) = self.held.lock() {
+            held.remove(serial);
+        }
+    }
+
+    pub fn feed(&self) -> broadcast::Receiver<Arc<Change>> {
+        self.feed.subscribe()
+    }
+
+    /// Publishes a committed change. A device's own writes are not pushed back to it; a held
+    /// subscribe whose queue is full is ended so it resubscribes and catches up by timestamps.
+    pub fn publish(&self, change: Arc<Change>) {
+        if change.origin != Origin::Device && !change.buckets.is_empty() {
+            if let Ok(mut held) = self.held.lock() {
+                if let Some(list) = held.get_mut(&change.serial) {
+                    list.retain(|h| h.tx.try_send(change.clone()).is_ok());
+                    if list.is_empty() {
+                        held.remove(&change.serial);
+                    }
+                }
+            }
+        }
+        let _ = self.feed.send(change);
+    }
+}

@@ -1,0 +1,162 @@
+//! Building and running the two listeners, and stopping them cleanly.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::{Server, Service};
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::Store;
+use crate::state::availability::Availability;
+use crate::state::pairing::Pairing;
+use crate::{AppState, Config, control_api, device_api, hub, state, tls};
+
+/// Seconds in-flight requests get to finish after a stop signal (below Docker's 10 s grace).
+const SHUTDOWN_GRACE_SECS: u64 = 5;
+
+pub struct Application {
+    device_addr: SocketAddr,
+    control_addr: SocketAddr,
+    device_server: Server,
+    control_server: Server,
+    state: web::Data<AppState>,
+    tls: bool,
+}
+
+/// Stops a running application from elsewhere (signals, tests).
+#[derive(Clone)]
+pub struct AppHandle {
+    token: CancellationToken,
+}
+
+impl AppHandle {
+    pub fn stop(&self) {
+        self.token.cancel();
+    }
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({"error": "Not found"}))
+}
+
+impl Application {
+    /// Opens the database and binds both ports (port 0 picks a free one).
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        tls::install_crypto_provider();
+        for warning in config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))? {
+            tracing::warn!("{warning}");
+        }
+        let tls_config = match &config.cert_dir {
+            Some(dir) => Some(tls::server_config(dir)?),
+            None => None,
+        };
+        let (pool, writer) = state::db::open(&config.sqlite3_db_path).await?;
+        let hub = hub::Hub::new(config.max_subscriptions_per_device as usize);
+        let store = Arc::new(Store::load(pool.clone(), writer, hub).await?);
+        let pairing = Arc::new(Pairing::load(pool).await?);
+        let state = web::Data::new(AppState {
+            config: Arc::new(config.clone()),
+            store,
+            pairing,
+            availability: Arc::new(Availability::default()),
+            shutdown: CancellationToken::new(),
+            structure_sent: Mutex::new(HashSet::new()),
+        });
+
+        let device_listener = TcpListener::bind((config.server_host, config.server_port))
+            .with_context(|| format!("binding the device port {}:{}", config.server_host, config.server_port))?;
+        let control_listener = TcpListener::bind((config.control_host, config.control_port))
+            .with_context(|| format!("binding the control port {}:{}", config.control_host, config.control_port))?;
+        let device_addr = device_listener.local_addr()?;
+        let control_addr = control_listener.local_addr()?;
+
+        let device_state = state.clone();
+        let device = HttpServer::new(move || {
+            App::new()
+                .app_data(device_state.clone())
+                .wrap_fn(|mut req, srv| {
+                    device_api::rewrite_legacy_path(&mut req);
+                    srv.call(req)
+                })
+                .configure(device_api::routes)
+                .default_service(web::to(not_found))
+        })
+        .workers(2)
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .h1_allow_half_closed(false)
+        .client_request_timeout(Duration::from_secs(30))
+        .client_disconnect_timeout(Duration::from_secs(5))
+        .tls_handshake_timeout(Duration::from_secs(15))
+        .keep_alive(Duration::from_secs(60));
+        let device = match tls_config {
+            Some(tls) => device.listen_rustls_0_23(device_listener, tls)?,
+            None => device.listen(device_listener)?,
+        };
+        let is_tls = config.cert_dir.is_some();
+
+        let control_state = state.clone();
+        let control = HttpServer::new(move || {
+            App::new()
+                .app_data(control_state.clone())
+                .configure(control_api::routes)
+                .default_service(web::to(not_found))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .h1_allow_half_closed(false)
+        .listen(control_listener)?;
+
+        Ok(Self {
+            device_addr,
+            control_addr,
+            device_server: device.run(),
+            control_server: control.run(),
+            state,
+            tls: is_tls,
+        })
+    }
+
+    pub fn device_addr(&self) -> SocketAddr {
+        self.device_addr
+    }
+
+    pub fn control_addr(&self) -> SocketAddr {
+        self.control_addr
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    pub fn handle(&self) -> AppHandle {
+        AppHandle { token: self.state.shutdown.clone() }
+    }
+
+    /// Serves until [`AppHandle::stop`]: then held subscribes end with the terminal chunk,
+    /// in-flight requests finish, and the database is closed.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let device_handle = self.device_server.handle();
+        let control_handle = self.control_server.handle();
+        let device = tokio::spawn(self.device_server);
+        let control = tokio::spawn(self.control_server);
+        tracing::info!(device = %self.device_addr, control = %self.control_addr, tls = self.tls, "roost is serving");
+        let token = self.state.shutdown.clone();
+        tokio::select! {
+            _ = token.cancelled() => {}
+            r = device => { r??; }
+            r = control => { r??; }
+        }
+        token.cancel();
+        tracing::info!("shutting down");
+        tokio::join!(device_handle.stop(true), control_handle.stop(true));
+        self.state.store.pool().close().await;
+        Ok(())
+    }
+}

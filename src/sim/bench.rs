@@ -1,0 +1,149 @@
+//! Load benchmarks against a running roost (loopback only, bounded in time and count).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+
+use super::cli::sim_serial;
+use super::http::{Client, Request};
+
+#[derive(Args)]
+pub struct PutArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    #[arg(long, default_value_t = 50)]
+    pub connections: usize,
+    #[arg(long, default_value_t = 200)]
+    pub serials: usize,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+#[derive(Args)]
+pub struct HoldArgs {
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    #[arg(long, default_value_t = 10_000)]
+    pub count: usize,
+    /// The server's process id, to read its resident memory from /proc.
+    #[arg(long)]
+    pub server_pid: u32,
+}
+
+fn put_request(serial: &str, n: u64) -> Request {
+    let body = json!({
+        "session": format!("18b430aabbcc{serial}"),
+        "objects": [{"object_key": format!("device.{serial}"), "value": {"current_temperature": 18.0 + (n % 100) as f64 / 10.0, "seq": n}}],
+    });
+    Request::post("/nest/transport/v7/put")
+        .basic_auth(&format!("d.{serial}.bench"), "pw")
+        .header("Connection", "keep-alive")
+        .json(&body)
+}
+
+/// PUTs as fast as `connections` keep-alive connections allow; prints requests per second.
+pub async fn put(args: PutArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.url)?;
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..args.connections {
+        let (client, ok, errors, serials) = (client.clone(), ok.clone(), errors.clone(), args.serials.max(1));
+        tasks.push(tokio::spawn(async move {
+            let mut conn = None;
+            let mut n = c as u64;
+            while Instant::now() < deadline {
+                if conn.is_none() {
+                    conn = client.connect().await.ok();
+                }
+                let Some(open) = conn.as_mut() else {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let serial = sim_serial((n as usize % serials) + 1);
+                match open.roundtrip(&put_request(&serial, n)).await {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        conn = None;
+                    }
+                }
+                n += args.connections as u64;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("bench task")?;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = ok.load(Ordering::Relaxed);
+    let errors = errors.load(Ordering::Relaxed);
+    println!(
+        "bench-put: {} connections, {} serials, {:.1} s: {} ok, {} errors, {:.0} PUT/s",
+        args.connections,
+        args.serials,
+        elapsed,
+        ok,
+        errors,
+        ok as f64 / elapsed
+    );
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("no VmRSS in /proc status")
+}
+
+/// Opens `count` subscribes that the server holds, then prints the server's memory per hold.
+pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
+    let client = Client::new(&args.url)?;
+    // Give each serial current state first, so its subscribe is held rather than answered.
+    let serials = (args.count / 10).max(1);
+    let mut conn = client.connect().await?;
+    for i in 0..serials {
+        conn.roundtrip(&put_request(&sim_serial(i + 1), 0)).await?;
+    }
+    let before = rss_kib(args.server_pid)?;
+    let mut held = Vec::with_capacity(args.count);
+    let started = Instant::now();
+    for i in 0..args.count {
+        let serial = sim_serial((i % serials) + 1);
+        let mut c = client.connect().await.with_context(|| format!("opening connection {i}"))?;
+        let body = json!({"chunked": true, "session": "s", "objects": [{"object_key": format!("device.{serial}"), "object_revision": 1, "object_timestamp": 9_999_999_999_999i64}]});
+        let req =
+            Request::post("/nest/transport/v7/subscribe").basic_auth(&format!("d.{serial}.bench"), "pw").json(&body);
+        c.send_request(&req).await?;
+        let head = c.read_head().await?;
+        anyhow::ensure!(head.status == 200, "subscribe {i} answered {}", head.status);
+        held.push(c);
+    }
+    let opened = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib(args.server_pid)?;
+    let per = (after.saturating_sub(before)) as f64 / args.count as f64;
+    println!(
+        "bench-hold: {} held subscribes opened in {:.1} s; server RSS {} KiB -> {} KiB: {:.2} KiB per held subscribe",
+        args.count,
+        opened.as_secs_f64(),
+        before,
+        after,
+        per
+    );
+    drop(held);
+    Ok(())
+}

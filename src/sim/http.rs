@@ -1,0 +1,260 @@
+//! A small HTTP/1.1 client that shows what a thermostat sees: the response head as soon as it
+//! arrives, and the body chunk by chunk (chunk boundaries matter in this protocol).
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+fn invalid(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Where requests go: `http://host:port` or `https://host:port`.
+#[derive(Clone)]
+pub struct Client {
+    host: String,
+    port: u16,
+    tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
+}
+
+impl Client {
+    pub fn new(base_url: &str) -> io::Result<Self> {
+        let parts = crate::config::origin_parts(base_url).map_err(invalid)?;
+        let port = parts.port.unwrap_or(if parts.https { 443 } else { 80 });
+        let host = parts.host.trim_start_matches('[').trim_end_matches(']').to_string();
+        if parts.https {
+            return Err(invalid("https needs a TLS configuration: use Client::with_tls"));
+        }
+        Ok(Self { host, port, tls: None })
+    }
+
+    /// An HTTPS client trusting `config`'s roots; `server_name` is checked against the certificate.
+    pub fn with_tls(base_url: &str, config: Arc<rustls::ClientConfig>, server_name: &str) -> io::Result<Self> {
+        let parts = crate::config::origin_parts(base_url).map_err(invalid)?;
+        let name =
+            rustls_pki_types::ServerName::try_from(server_name.to_string()).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            host: parts.host.trim_start_matches('[').trim_end_matches(']').to_string(),
+            port: parts.port.unwrap_or(443),
+            tls: Some((tokio_rustls::TlsConnector::from(config), name)),
+        })
+    }
+
+    pub async fn connect(&self) -> io::Result<Conn> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        tcp.set_nodelay(true)?;
+        let io: Box<dyn Io> = match &self.tls {
+            Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),
+            None => Box::new(tcp),
+        };
+        Ok(Conn {
+            io: BufReader::with_capacity(4096, io),
+            host: format!("{}:{}", self.host, self.port),
+            chunked: false,
+            done: false,
+        })
+    }
+
+    /// One request on a fresh connection, whole response.
+    pub async fn send(&self, req: &Request) -> io::Result<Response> {
+        let mut conn = self.connect().await?;
+        conn.roundtrip(req).await
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn new(method: &str, path: &str) -> Self {
+        Self { method: method.into(), path: path.into(), headers: Vec::new(), body: Vec::new() }
+    }
+
+    pub fn get(path: &str) -> Self {
+        Self::new("GET", path)
+    }
+
+    pub fn post(path: &str) -> Self {
+        Self::new("POST", path)
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn basic_auth(self, user: &str, password: &str) -> Self {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.header("Authorization", format!("Basic {token}"))
+    }
+
+    pub fn json(self, value: &serde_json::Value) -> Self {
+        self.header("Content-Type", "application/json").body(value.to_string().into_bytes())
+    }
+
+    pub fn body(mut self, body: Vec<u8>) -> Self {
+        self.body = body;
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub head: Head,
+    pub body: Bytes,
+}
+
+impl Response {
+    pub fn status(&self) -> u16 {
+        self.head.status
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.header(name)
+    }
+
+    pub fn json(&self) -> io::Result<serde_json::Value> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| invalid(format!("response is not JSON ({e}): {}", String::from_utf8_lossy(&self.body))))
+    }
+}
+
+/// One connection. Requests may be repeated on it while the server keeps it alive.
+pub struct Conn {
+    io: BufReader<Box<dyn Io>>,
+    host: String,
+    chunked: bool,
+    done: bool,
+}
+
+impl Conn {
+    pub async fn send_request(&mut self, req: &Request) -> io::Result<()> {
+        let mut head = format!("{} {} HTTP/1.1\r\nHost: {}\r\n", req.method, req.path, self.host);
+        for (k, v) in &req.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !req.body.is_empty() || req.method == "POST" || req.method == "PUT" {
+            head.push_str(&format!("Content-Length: {}\r\n", req.body.len()));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(&req.body);
+        self.io.get_mut().write_all(&out).await?;
+        self.io.get_mut().flush().await
+    }
+
+    pub async fn read_head(&mut self) -> io::Result<Head> {
+        let mut line = String::new();
+        if self.io.read_line(&mut line).await? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+        }
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or_else(|| invalid(format!("bad status line: {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            self.io.read_line(&mut line).await?;
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let head = Head { status, headers };
+        self.chunked = head.header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        self.done = false;
+        Ok(head)
+    }
+
+    /// The next chunk of a chunked body; `None` after the terminal chunk.
+    pub async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if self.done || !self.chunked {
+            return Ok(None);
+        }
+        let mut line = String::new();
+        if self.io.read_line(&mut line).await? == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a chunked body"));
+        }
+        let size_text = line.trim().split(';').next().unwrap_or_default();
+        let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
+        if size == 0 {
+            // Trailer section: lines until an empty one.
+            loop {
+                line.clear();
+                self.io.read_line(&mut line).await?;
+                if line.trim().is_empty() {
+                    break;
+                }
+            }
+            self.done = true;
+            return Ok(None);
+        }
+        let mut data = vec![0u8; size];
+        self.io.read_exact(&mut data).await?;
+        let mut crlf = [0u8; 2];
+        self.io.read_exact(&mut crlf).await?;
+        Ok(Some(Bytes::from(data)))
+    }
+
+    /// Like [`Conn::next_chunk`], failing with `TimedOut` when nothing arrives in time.
+    pub async fn next_chunk_within(&mut self, limit: Duration) -> io::Result<Option<Bytes>> {
+        tokio::time::timeout(limit, self.next_chunk())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no chunk in time"))?
+    }
+
+    pub async fn read_body(&mut self, head: &Head) -> io::Result<Bytes> {
+        if self.chunked {
+            let mut all = BytesMut::new();
+            while let Some(chunk) = self.next_chunk().await? {
+                all.extend_from_slice(&chunk);
+            }
+            return Ok(all.freeze());
+        }
+        if let Some(len) = head.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            let mut data = vec![0u8; len];
+            self.io.read_exact(&mut data).await?;
+            return Ok(Bytes::from(data));
+        }
+        let mut data = Vec::new();
+        self.io.read_to_end(&mut data).await?;
+        Ok(Bytes::from(data))
+    }
+
+    pub async fn roundtrip(&mut self, req: &Request) -> io::Result<Response> {
+        self.send_request(req).await?;
+        let head = self.read_head().await?;
+        let body = self.read_body(&head).await?;
+        Ok(Response { head, body })
+    }
+}

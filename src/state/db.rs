@@ -1,0 +1,85 @@
+//! Opening the database: WAL, busy timeout, migrations, and adopting a reference database.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection, SqliteConnection};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub fn connect_options(path: &Path) -> SqliteConnectOptions {
+    SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // With WAL, NORMAL loses nothing on a process crash; only a power cut can drop the last commits.
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(false)
+}
+
+/// Opens (creating if needed) the database and applies migrations. A database written by the
+/// reference server is recognised, backed up next to itself, and adopted in place.
+pub async fn open(path: &Path) -> anyhow::Result<(SqlitePool, SqliteConnection)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+    }
+    let options = connect_options(path);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(4)
+        .connect_with(options.clone())
+        .await
+        .with_context(|| format!("opening SQLite database {}", path.display()))?;
+
+    if is_reference_database(&pool).await? {
+        let backup = path.with_extension("reference-backup.sqlite");
+        if !backup.exists() {
+            let target = backup.to_string_lossy().to_string();
+            sqlx::query("VACUUM INTO ?")
+                .bind(&target)
+                .execute(&pool)
+                .await
+                .with_context(|| format!("backing up the reference database to {target}"))?;
+        }
+        tracing::info!(backup = %backup.display(), "adopting a NoLongerEvil-SelfHosted database: pairings and buckets are kept");
+    }
+    MIGRATOR.run(&pool).await.context("applying database migrations")?;
+    let writer = SqliteConnection::connect_with(&options).await.context("opening the writer connection")?;
+    Ok((pool, writer))
+}
+
+async fn is_reference_database(pool: &SqlitePool) -> anyhow::Result<bool> {
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'").fetch_all(pool).await?;
+    Ok(tables.iter().any(|t| t == "states") && !tables.iter().any(|t| t == "_sqlx_migrations"))
+}
+
+/// Parses a stored JSON object. Rows written by the Python reference may hold bare `NaN` or
+/// `Infinity`, which are not JSON; those become `null` rather than losing the bucket.
+pub fn parse_stored_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let parsed = serde_json::Value::from_str(text).ok().or_else(|| {
+        let repaired = text.replace("-Infinity", "null").replace("Infinity", "null").replace("NaN", "null");
+        serde_json::Value::from_str(&repaired).ok()
+    })?;
+    match parsed {
+        serde_json::Value::Object(map) => Some(map),
+        serde_json::Value::Null => Some(serde_json::Map::new()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_non_json_numbers_are_repaired() {
+        let m = parse_stored_object(r#"{"a": NaN, "b": 21.0}"#).unwrap();
+        assert!(m["a"].is_null());
+        assert_eq!(m["b"].to_string(), "21.0");
+        assert!(parse_stored_object("[1]").is_none());
+    }
+}

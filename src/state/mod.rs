@@ -1,0 +1,9 @@
+//! Durable state: SQLite, the in-memory copy of every bucket, and the one write path.
+
+pub mod availability;
+pub mod db;
+pub mod pairing;
+pub mod store;
+mod writer;
+
+pub use store::{Applied, Change, Op, Origin, Outcome, Store, StoreError};

@@ -1,0 +1,429 @@
+//! The one write path. Every change to a bucket goes through [`Store::update`]: writes are
+//! serialised per serial, revision and timestamp are computed here, the change is committed to
+//! SQLite, and only then is the in-memory copy replaced and the change published.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use indexmap::IndexMap;
+use serde_json::Value;
+use sqlx::SqlitePool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::db;
+use super::writer::{self, Commit, DbOp};
+use crate::domain::bucket::{Bucket, Fields, merged};
+use crate::domain::time::{next_timestamp, now_ms};
+use crate::hub::Hub;
+
+pub type Buckets = IndexMap<String, Arc<Bucket>>;
+
+/// Who made a change; decides who is woken (a device's own write is never pushed back to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Device,
+    Command,
+    Pairing,
+    Server,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Device => "device",
+            Origin::Command => "command",
+            Origin::Pairing => "pairing",
+            Origin::Server => "server",
+        }
+    }
+}
+
+/// One requested change to one bucket.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Shallow-merge fields. With `if_revision`, skipped unless it equals the stored revision.
+    Merge { key: String, fields: Fields, if_revision: Option<i64> },
+    /// Replace the whole value.
+    Replace { key: String, fields: Fields },
+    /// Create the bucket with these fields only if it does not exist.
+    CreateIfMissing { key: String, fields: Fields },
+    /// The device cleared `target_change_pending`: change the value but keep revision and
+    /// timestamp, so the bucket is not pushed back to the device.
+    ClearPending { key: String },
+    /// The device holds a newer copy: store its fields with its revision and timestamp.
+    Adopt { key: String, fields: Fields, revision: i64, timestamp: i64 },
+}
+
+impl Op {
+    fn key(&self) -> &str {
+        match self {
+            Op::Merge { key, .. }
+            | Op::Replace { key, .. }
+            | Op::CreateIfMissing { key, .. }
+            | Op::ClearPending { key }
+            | Op::Adopt { key, .. } => key,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Changed,
+    Unchanged,
+    /// `if_object_revision` did not match; nothing written.
+    Conflict,
+}
+
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub key: String,
+    pub outcome: Outcome,
+    /// The bucket as stored after this write (absent only for a conflict on a missing bucket).
+    pub bucket: Option<Arc<Bucket>>,
+}
+
+/// A committed change: the buckets that changed together, with its journal id.
+#[derive(Debug)]
+pub struct Change {
+    pub id: i64,
+    pub serial: String,
+    pub origin: Origin,
+    pub buckets: Vec<(String, Arc<Bucket>)>,
+    /// Set when every bucket of the serial was removed.
+    pub deleted: bool,
+}
+
+#[derive(Debug)]
+pub struct Applied {
+    pub written: Vec<Written>,
+    pub change: Option<Arc<Change>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(sqlx::FromRow)]
+struct StateRow {
+    serial: String,
+    object_key: String,
+    object_revision: i64,
+    object_timestamp: i64,
+    value: Option<String>,
+    updated_at: i64,
+}
+
+#[derive(Default)]
+struct Slot {
+    write: Mutex<()>,
+    buckets: RwLock<Buckets>,
+}
+
+pub struct Store {
+    slots: RwLock<HashMap<String, Arc<Slot>>>,
+    writer: mpsc::Sender<Commit>,
+    pool: SqlitePool,
+    hub: Arc<Hub>,
+}
+
+impl Store {
+    /// Loads every bucket and starts the writer.
+    pub async fn load(pool: SqlitePool, writer_conn: sqlx::SqliteConnection, hub: Arc<Hub>) -> anyhow::Result<Self> {
+        let rows: Vec<StateRow> = sqlx::query_as(
+            "SELECT serial, object_key, object_revision, object_timestamp, value, \"updatedAt\" AS updated_at FROM states ORDER BY rowid",
+        )
+        .fetch_all(&pool)
+        .await?;
+        let mut slots: HashMap<String, Arc<Slot>> = HashMap::new();
+        for StateRow {
+            serial,
+            object_key: key,
+            object_revision: revision,
+            object_timestamp: timestamp,
+            value,
+            updated_at,
+        } in rows
+        {
+            let Some(value) = db::parse_stored_object(value.as_deref().unwrap_or("{}")) else {
+                tracing::warn!(%serial, object_key = %key, "skipping a stored bucket whose value is not a JSON object");
+                continue;
+            };
+            let slot = slots.entry(serial).or_default();
+            if let Ok(mut b) = slot.buckets.write() {
+                b.insert(key, Arc::new(Bucket { revision, timestamp, value, updated_at }));
+            }
+        }
+        let last_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM roost_changes").fetch_one(&pool).await?;
+        let writer = writer::spawn(writer_conn, last_id.unwrap_or(0) + 1, 4096);
+        Ok(Self { slots: RwLock::new(slots), writer, pool, hub })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    fn slot(&self, serial: &str) -> Option<Arc<Slot>> {
+        self.slots.read().ok()?.get(serial).cloned()
+    }
+
+    fn slot_or_create(&self, serial: &str) -> Arc<Slot> {
+        if let Some(slot) = self.slot(serial) {
+            return slot;
+        }
+        match self.slots.write() {
+            Ok(mut slots) => slots.entry(serial.to_string()).or_default().clone(),
+            Err(_) => Arc::new(Slot::default()),
+        }
+    }
+
+    /// Every bucket of a serial, in the order they were first written.
+    pub fn snapshot(&self, serial: &str) -> Buckets {
+        self.slot(serial).and_then(|s| s.buckets.read().ok().map(|b| b.clone())).unwrap_or_default()
+    }
+
+    pub fn get(&self, serial: &str, key: &str) -> Option<Arc<Bucket>> {
+        self.slot(serial)?.buckets.read().ok()?.get(key).cloned()
+    }
+
+    /// A device exists when it has at least one bucket.
+    pub fn exists(&self, serial: &str) -> bool {
+        self.slot(serial).is_some_and(|s| s.buckets.read().is_ok_and(|b| !b.is_empty()))
+    }
+
+    /// Serials with at least one bucket, sorted.
+    pub fn serials(&self) -> Vec<String> {
+        let Ok(slots) = self.slots.read() else { return Vec::new() };
+        let mut out: Vec<String> = slots
+            .iter()
+            .filter(|(_, s)| s.buckets.read().is_ok_and(|b| !b.is_empty()))
+            .map(|(k, _)| k.clone())
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Applies fixed operations (see [`Store::update`]).
+    pub async fn apply(&self, serial: &str, origin: Origin, force: bool, ops: Vec<Op>) -> Result<Applied, StoreError> {
+        match self.update(serial, origin, force, |_| Ok::<_, std::convert::Infallible>(ops)).await {
+            Ok(applied) => Ok(applied),
+            Err(UpdateError::Store(e)) => Err(e),
+            Err(UpdateError::Plan(never)) => match never {},
+        }
+    }
+
+    /// The one write path. `plan` sees the serial's buckets under its write lock and returns the
+    /// operations; they are applied, committed, and published as one change. With `force`, a
+    /// merge that changes nothing still gets a new revision and timestamp (a command that must
+    /// reach the device even if the server already holds the value).
+    pub async fn update<E>(
+        &self,
+        serial: &str,
+        origin: Origin,
+        force: bool,
+        plan: impl FnOnce(&Buckets) -> Result<Vec<Op>, E>,
+    ) -> Result<Applied, UpdateError<E>> {
+        let slot = self.slot_or_create(serial);
+        let _guard = slot.write.lock().await;
+        let current = slot.buckets.read().map(|b| b.clone()).unwrap_or_default();
+        let ops = plan(&current).map_err(UpdateError::Plan)?;
+
+        let now = now_ms();
+        let mut next = current.clone();
+        let mut written = Vec::with_capacity(ops.len());
+        let mut changed_keys: Vec<String> = Vec::new();
+        for op in ops {
+            let key = op.key().to_string();
+            let existing = next.get(&key).cloned();
+            let (outcome, bucket) = compute(op, existing.as_deref(), now, force);
+            let bucket = match (outcome, bucket) {
+                (Outcome::Changed, Some(b)) => {
+                    let b = Arc::new(b);
+                    next.insert(key.clone(), b.clone());
+                    if !changed_keys.contains(&key) {
+                        changed_keys.push(key.clone());
+                    }
+                    Some(b)
+                }
+                _ => existing,
+            };
+            written.push(Written { key, outcome, bucket });
+        }
+        if changed_keys.is_empty() {
+            return Ok(Applied { written, change: None });
+        }
+
+        let buckets: Vec<(String, Arc<Bucket>)> =
+            changed_keys.iter().filter_map(|k| next.get(k).map(|b| (k.clone(), b.clone()))).collect();
+        let ops =
+            buckets.iter().map(|(key, bucket)| DbOp::Upsert { key: key.clone(), bucket: bucket.clone() }).collect();
+        let id = self.commit(serial, origin, ops).await.map_err(UpdateError::Store)?;
+        if let Ok(mut b) = slot.buckets.write() {
+            *b = next;
+        }
+        let change = Arc::new(Change { id, serial: serial.to_string(), origin, buckets, deleted: false });
+        self.hub.publish(change.clone());
+        Ok(Applied { written, change: Some(change) })
+    }
+
+    /// Removes every bucket of a serial. Returns how many there were.
+    pub async fn delete_device(&self, serial: &str) -> Result<usize, StoreError> {
+        let Some(slot) = self.slot(serial) else { return Ok(0) };
+        let _guard = slot.write.lock().await;
+        let count = slot.buckets.read().map(|b| b.len()).unwrap_or(0);
+        if count == 0 {
+            return Ok(0);
+        }
+        let id = self.commit(serial, Origin::Server, vec![DbOp::DeleteSerial]).await?;
+        if let Ok(mut b) = slot.buckets.write() {
+            b.clear();
+        }
+        self.hub.publish(Arc::new(Change {
+            id,
+            serial: serial.to_string(),
+            origin: Origin::Server,
+            buckets: Vec::new(),
+            deleted: true,
+        }));
+        Ok(count)
+    }
+
+    async fn commit(&self, serial: &str, origin: Origin, ops: Vec<DbOp>) -> Result<i64, StoreError> {
+        let (ack, done) = oneshot::channel();
+        let commit = Commit { serial: serial.to_string(), origin: origin.as_str(), ops, ack };
+        self.writer.send(commit).await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+        match done.await {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(e)) => Err(StoreError::Unavailable(e)),
+            Err(_) => Err(StoreError::Unavailable("writer stopped".into())),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError<E> {
+    #[error("{0}")]
+    Plan(E),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Computes one bucket write. Returns the outcome and, when it changed, the new bucket.
+fn compute(op: Op, existing: Option<&Bucket>, now: i64, force: bool) -> (Outcome, Option<Bucket>) {
+    let bump = |value: Fields| Bucket {
+        revision: existing.map_or(1, |e| e.revision.saturating_add(1)),
+        timestamp: next_timestamp(existing.map_or(0, |e| e.timestamp), now),
+        value,
+        updated_at: now,
+    };
+    match op {
+        Op::Merge { fields, if_revision, .. } => {
+            if let Some(expected) = if_revision {
+                if expected != existing.map_or(0, |e| e.revision) {
+                    return (Outcome::Conflict, None);
+                }
+            }
+            let value = existing.map_or_else(|| fields.clone(), |e| merged(&e.value, &fields));
+            if existing.is_some_and(|e| e.value == value) && !force {
+                return (Outcome::Unchanged, None);
+            }
+            (Outcome::Changed, Some(bump(value)))
+        }
+        Op::Replace { fields, .. } => {
+            if existing.is_some_and(|e| e.value == fields) && !force {
+                return (Outcome::Unchanged, None);
+            }
+            (Outcome::Changed, Some(bump(fields)))
+        }
+        Op::CreateIfMissing { fields, .. } => match existing {
+            Some(_) => (Outcome::Unchanged, None),
+            None => (Outcome::Changed, Some(bump(fields))),
+        },
+        Op::ClearPending { .. } => match existing {
+            Some(e) if e.value.get("target_change_pending") == Some(&Value::Bool(true)) => {
+                let mut value = e.value.clone();
+                value.insert("target_change_pending".into(), Value::Bool(false));
+                (Outcome::Changed, Some(Bucket { value, updated_at: now, ..e.clone() }))
+            }
+            _ => (Outcome::Unchanged, None),
+        },
+        Op::Adopt { fields, revision, timestamp, .. } => {
+            let value = existing.map_or_else(|| fields.clone(), |e| merged(&e.value, &fields));
+            if existing.is_some_and(|e| e.value == value && e.timestamp >= timestamp) {
+                return (Outcome::Unchanged, None);
+            }
+            (Outcome::Changed, Some(Bucket { revision, timestamp, value, updated_at: now }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn f(v: Value) -> Fields {
+        v.as_object().cloned().unwrap()
+    }
+
+    fn bucket(rev: i64, ts: i64, v: Value) -> Bucket {
+        Bucket { revision: rev, timestamp: ts, value: f(v), updated_at: 0 }
+    }
+
+    #[test]
+    fn identical_merge_keeps_revision_and_timestamp() {
+        let e = bucket(4, 1000, json!({"a": 1}));
+        let (o, b) = compute(
+            Op::Merge { key: "k".into(), fields: f(json!({"a": 1})), if_revision: None },
+            Some(&e),
+            5000,
+            false,
+        );
+        assert_eq!(o, Outcome::Unchanged);
+        assert!(b.is_none());
+        let (o, b) =
+            compute(Op::Merge { key: "k".into(), fields: f(json!({"a": 1})), if_revision: None }, Some(&e), 5000, true);
+        assert_eq!(o, Outcome::Changed);
+        assert_eq!(b.unwrap().revision, 5);
+    }
+
+    #[test]
+    fn merge_bumps_and_timestamp_never_goes_back() {
+        let e = bucket(4, 9000, json!({"a": 1}));
+        let (_, b) = compute(
+            Op::Merge { key: "k".into(), fields: f(json!({"b": 2})), if_revision: None },
+            Some(&e),
+            5000,
+            false,
+        );
+        let b = b.unwrap();
+        assert_eq!((b.revision, b.timestamp), (5, 9001));
+        assert_eq!(serde_json::to_string(&b.value).unwrap(), r#"{"a":1,"b":2}"#);
+    }
+
+    #[test]
+    fn conditional_write_mismatch_is_a_conflict() {
+        let e = bucket(5, 1000, json!({}));
+        let op = Op::Merge { key: "k".into(), fields: f(json!({"t": 1})), if_revision: Some(3) };
+        assert_eq!(compute(op, Some(&e), 2000, false).0, Outcome::Conflict);
+        let op = Op::Merge { key: "k".into(), fields: f(json!({"t": 1})), if_revision: Some(0) };
+        assert_eq!(compute(op, None, 2000, false).0, Outcome::Changed);
+    }
+
+    #[test]
+    fn clearing_pending_keeps_revision_and_timestamp() {
+        let e = bucket(7, 1000, json!({"target_change_pending": true, "t": 20.0}));
+        let (o, b) = compute(Op::ClearPending { key: "k".into() }, Some(&e), 9000, false);
+        assert_eq!(o, Outcome::Changed);
+        let b = b.unwrap();
+        assert_eq!((b.revision, b.timestamp), (7, 1000));
+        assert_eq!(b.value["target_change_pending"], json!(false));
+        let (o, _) = compute(Op::ClearPending { key: "k".into() }, Some(&b), 9000, false);
+        assert_eq!(o, Outcome::Unchanged);
+    }
+}
