@@ -247,21 +247,29 @@ pub fn origin_parts(raw: &str) -> Result<OriginParts, String> {
     Ok(OriginParts { origin: format!("{scheme}://{authority}"), https, host, port })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
+/// Builds a configuration from command-line style arguments (environment variables still
+/// fill what the arguments leave out). Used by tests and tools.
+pub fn from_args<I, T>(args: I) -> Result<Config, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    #[derive(clap::Parser)]
+    struct Only {
         #[command(flatten)]
         config: Config,
     }
+    use clap::Parser;
+    let all = std::iter::once(std::ffi::OsString::from("roost")).chain(args.into_iter().map(Into::into));
+    Only::try_parse_from(all).map(|o| o.config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
-        let mut all = vec!["roost"];
-        all.extend_from_slice(args);
-        Cli::try_parse_from(all).map(|c| c.config)
+        from_args(args)
     }
 
     #[test]

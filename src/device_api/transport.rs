@@ -127,6 +127,7 @@ pub async fn subscribe(
         known,
         deadline: Instant::now() + state.config.hold_timeout(),
         batch_until: None,
+        answered: false,
         shutdown: state.shutdown.clone(),
     };
     Ok(response
@@ -213,16 +214,21 @@ struct Hold {
     known: HashMap<String, i64>,
     deadline: Instant,
     batch_until: Option<Instant>,
+    answered: bool,
     shutdown: CancellationToken,
 }
 
 impl Hold {
-    /// The next chunk, or `None` to end the response with the terminal chunk: at the hold
+    /// The next chunk, or `None` to end the response with the terminal chunk: right after an
+    /// immediate answer (the device resubscribes with its new timestamps at once), at the hold
     /// timeout, 3 s after the last push, at shutdown, or when the hub ended this subscribe.
     async fn next_chunk(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, Self)> {
         if let Some(first) = self.first.take() {
-            self.batch_until = Some(Instant::now() + BATCH_WINDOW);
+            self.answered = true;
             return Some((Ok(first), self));
+        }
+        if self.answered {
+            return None;
         }
         loop {
             let until = self.batch_until.unwrap_or(self.deadline).min(self.deadline);

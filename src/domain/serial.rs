@@ -6,16 +6,17 @@ use base64::Engine;
 pub const MIN_SERIAL_LEN: usize = 10;
 const MAX_SERIAL_LEN: usize = 64;
 
-/// Keeps `[A-Za-z0-9]`, upper-cases, and rejects what is too short to be a serial
-/// or looks like a MAC address (12 hex digits): a MAC never becomes a device.
+/// Keeps `[A-Za-z0-9]`, upper-cases, and rejects what is too short (or long) to be a serial.
 pub fn sanitize(raw: &str) -> Option<String> {
     let clean: String = raw.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_uppercase()).collect();
-    if clean.len() < MIN_SERIAL_LEN || clean.len() > MAX_SERIAL_LEN || is_mac(&clean) {
+    if clean.len() < MIN_SERIAL_LEN || clean.len() > MAX_SERIAL_LEN {
         return None;
     }
     Some(clean)
 }
 
+/// Twelve hex digits: what firmware that authenticates with its MAC sends as the username.
+/// Real serials have 16 characters, so such a username is never taken as a serial.
 pub fn is_mac(s: &str) -> bool {
     s.len() == 12 && s.chars().all(|c| c.is_ascii_hexdigit())
 }
@@ -97,7 +98,6 @@ mod tests {
         assert_eq!(sanitize("ABC-123-DEF-456").as_deref(), Some("ABC123DEF456"));
         assert_eq!(sanitize("ABC123"), None);
         assert_eq!(sanitize("   "), None);
-        assert_eq!(sanitize("18b430aabbcc"), None, "a MAC is not a serial");
     }
 
     #[test]
@@ -137,5 +137,8 @@ mod tests {
         assert_eq!(id.serial().as_deref(), Some("02AA01AC12345678"));
         let id = Identity { basic_user: Some("18b430aabbcc"), ..Default::default() };
         assert_eq!(id.serial(), None, "without a session the MAC gives no serial");
+        let id =
+            Identity { basic_user: Some("18b430aabbcc"), device_id: Some("02AA01AC12345678"), ..Default::default() };
+        assert_eq!(id.serial().as_deref(), Some("02AA01AC12345678"), "other sources still count");
     }
 }

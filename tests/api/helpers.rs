@@ -1,0 +1,154 @@
+//! Starting roost on port 0 with a fresh database, and talking to it like a thermostat would.
+
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use roost::sim::Thermostat;
+use roost::sim::http::{Client, Conn, Head, Request, Response};
+use roost::{AppHandle, Application};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub const SERIAL: &str = "02AA01AC12345678";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var("TEST_LOG").is_ok() {
+        roost::telemetry::init(false, true);
+    }
+});
+
+pub struct TestApp {
+    pub device: Client,
+    pub control: Client,
+    pub device_url: String,
+    handle: AppHandle,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    _tmp: Option<TempDir>,
+}
+
+impl TestApp {
+    pub async fn start(extra: &[&str]) -> TestApp {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut app = Self::start_in(tmp.path().to_path_buf(), extra).await;
+        app._tmp = Some(tmp);
+        app
+    }
+
+    /// Starts roost on a database in `dir` (kept by the caller, for restart tests).
+    pub async fn start_in(dir: PathBuf, extra: &[&str]) -> TestApp {
+        LazyLock::force(&TRACING);
+        let db_path = extra
+            .iter()
+            .find_map(|a| a.strip_prefix("--sqlite3-db-path="))
+            .map_or_else(|| dir.join("roost.sqlite"), PathBuf::from);
+        let mut args: Vec<String> = vec![
+            "--server-host=127.0.0.1".into(),
+            "--control-host=127.0.0.1".into(),
+            "--control-port=0".into(),
+            format!("--sqlite3-db-path={}", db_path.display()),
+        ];
+        for (flag, default) in [("--server-port", "0"), ("--api-origin", "http://127.0.0.1")] {
+            if !extra.iter().any(|a| a.starts_with(flag)) {
+                args.push(format!("{flag}={default}"));
+            }
+        }
+        args.extend(extra.iter().filter(|a| !a.starts_with("--sqlite3-db-path=")).map(|s| s.to_string()));
+        let config = roost::config::from_args(&args).expect("test configuration");
+        let app = Application::build(config).await.expect("roost starts");
+        let scheme = if app.is_tls() { "https" } else { "http" };
+        let device_url = format!("{scheme}://127.0.0.1:{}", app.device_addr().port());
+        let control_url = format!("http://127.0.0.1:{}", app.control_addr().port());
+        let handle = app.handle();
+        let task = tokio::spawn(app.run_until_stopped());
+        let device = if scheme == "https" {
+            Client::new("http://127.0.0.1:1").unwrap()
+        } else {
+            Client::new(&device_url).unwrap()
+        };
+        TestApp {
+            device,
+            control: Client::new(&control_url).unwrap(),
+            device_url,
+            handle,
+            task: Some(task),
+            _tmp: None,
+        }
+    }
+
+    pub fn thermostat(&self, serial: &str) -> Thermostat {
+        Thermostat::new(self.device.clone(), serial)
+    }
+
+    /// A thermostat that has booted (entry, full-state PUT, and a first subscribe, which
+    /// brings it its user and structure buckets).
+    pub async fn booted(&self, serial: &str) -> Thermostat {
+        let mut t = self.thermostat(serial);
+        t.boot(21.5).await.expect("thermostat boots");
+        t.subscribe_once().await.expect("first subscribe");
+        t
+    }
+
+    pub async fn command(&self, serial: &str, command: &str, value: Value) -> Response {
+        self.control
+            .send(&Request::post("/command").json(&json!({"serial": serial, "command": command, "value": value})))
+            .await
+            .expect("command request")
+    }
+
+    pub async fn control_post(&self, path: &str, body: Value) -> Response {
+        self.control.send(&Request::post(path).json(&body)).await.expect("control request")
+    }
+
+    /// Stops roost and waits until it has shut down.
+    pub async fn stop(mut self) {
+        self.handle.stop();
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task).await.expect("shutdown in time").unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.handle.stop();
+    }
+}
+
+/// A device request with Basic auth for `serial`.
+pub fn device_req(method: &str, path: &str, serial: &str) -> Request {
+    Request::new(method, path).basic_auth(&format!("d.{serial}.abc"), "secret").header("X-nl-protocol-version", "1")
+}
+
+/// Opens a subscribe with the given body; returns the connection once the head arrived.
+pub async fn open_subscribe(client: &Client, serial: &str, body: Value) -> (Conn, Head) {
+    let mut conn = client.connect().await.expect("connect");
+    conn.send_request(&device_req("POST", "/nest/transport/v7/subscribe", serial).json(&body)).await.expect("send");
+    let head = tokio::time::timeout(WAIT, conn.read_head()).await.expect("head in time").expect("head");
+    (conn, head)
+}
+
+pub fn listing(objects: &[(&str, i64, i64)]) -> Value {
+    let objects: Vec<Value> = objects
+        .iter()
+        .map(|(k, rev, ts)| json!({"object_key": k, "object_revision": rev, "object_timestamp": ts}))
+        .collect();
+    json!({"chunked": true, "session": format!("18b430aabbcc{SERIAL}"), "objects": objects})
+}
+
+pub fn chunk_json(chunk: &[u8]) -> Value {
+    serde_json::from_slice(chunk)
+        .unwrap_or_else(|e| panic!("chunk is not JSON ({e}): {}", String::from_utf8_lossy(chunk)))
+}
+
+pub fn keys_of(doc: &Value) -> Vec<String> {
+    doc["objects"].as_array().unwrap().iter().map(|o| o["object_key"].as_str().unwrap().to_string()).collect()
+}
+
+/// PUTs objects for `serial` and returns the parsed receipt.
+pub async fn put(client: &Client, serial: &str, body: Value) -> Value {
+    let r = client.send(&device_req("POST", "/nest/transport/put", serial).json(&body)).await.expect("put");
+    assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json().unwrap()
+}

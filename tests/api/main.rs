@@ -1,0 +1,11 @@
+//! Black-box tests over real HTTP: roost on port 0 with a fresh SQLite database, driven the
+//! way a thermostat drives it.
+
+mod bad_input;
+mod helpers;
+mod pairing;
+mod persistence;
+mod put;
+mod routes;
+mod subscribe;
+mod tls;

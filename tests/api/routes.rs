@@ -1,0 +1,148 @@
+use roost::sim::http::Request;
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn entry_advertises_urls_with_an_explicit_port() {
+    let app = TestApp::start(&["--api-origin=http://192.168.1.50", "--server-port=0"]).await;
+    for (method, path) in [("POST", "/nest/entry"), ("GET", "/nest/entry"), ("GET", "/entry"), ("POST", "/entry/")] {
+        let r = app.device.send(&device_req(method, path, SERIAL)).await.unwrap();
+        assert_eq!(r.status(), 200, "{method} {path}");
+        let j = r.json().unwrap();
+        // The port is SERVER_PORT (0 here: the configured value, as the reference does).
+        assert_eq!(j["transport_url"], "http://192.168.1.50:0/nest/transport");
+        assert_eq!(j["weather_url"], "http://192.168.1.50:0/nest/weather/v1?query=");
+        assert_eq!(j["software_update_url"], "");
+        let keys: Vec<&String> = j.as_object().unwrap().keys().collect();
+        assert_eq!(keys[0], "czfe_url");
+        for (k, v) in j.as_object().unwrap() {
+            let url = v.as_str().unwrap();
+            if k.ends_with("_url") && !url.is_empty() {
+                assert!(url.starts_with("http://192.168.1.50:0/"), "{k}: {url}");
+            }
+        }
+    }
+    let info = app.device.send(&Request::get("/info")).await.unwrap().json().unwrap();
+    assert_eq!(info["cloudregisterurl"], "http://192.168.1.50:0/entry");
+    assert_eq!(info["port"], 0);
+    assert_eq!(info["ssl"], false);
+}
+
+#[tokio::test]
+async fn ping_pro_info_and_upload_answer_200() {
+    let app = TestApp::start(&[]).await;
+    for path in ["/nest/ping", "/ping", "/nest/transport"] {
+        let r = app.device.send(&Request::get(path)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.json().unwrap()["status"], "ok");
+    }
+    for path in ["/nest/pro_info/ABC123", "/pro_info/ABC123", "/nest/pro_info?entry_code=ABC123"] {
+        let j = app.device.send(&Request::get(path)).await.unwrap().json().unwrap();
+        assert_eq!(j["pro_id"], "ABC123", "{path}");
+    }
+    let gzip = vec![0x1f, 0x8b, 0x08, 0, 0, 0, 0, 0, 0, 0xff];
+    for path in ["/nest/upload", "/upload"] {
+        let r = app
+            .device
+            .send(&device_req("POST", path, SERIAL).header("Content-Type", "text/plain").body(gzip.clone()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json().unwrap(), json!({"status": "ok"}));
+    }
+    // Bigger than the body limit: still a 200, the log is dropped.
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let r = app.device.send(&device_req("POST", "/nest/upload", SERIAL).body(big)).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn device_logs_are_stored_when_enabled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let logs = tmp.path().join("logs");
+    let app = TestApp::start(&["--store-device-logs=true", &format!("--device-logs-dir={}", logs.display())]).await;
+    let r = app.device.send(&device_req("POST", "/nest/upload", SERIAL).body(b"hello log".to_vec())).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let dir = logs.join(SERIAL);
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let content = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
+    assert_eq!(content, b"hello log");
+}
+
+#[tokio::test]
+async fn weather_without_a_cached_forecast_is_the_reference_502() {
+    let app = TestApp::start(&[]).await;
+    let r = app.device.send(&Request::get("/nest/weather/v1?query=07719,US")).await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.json().unwrap(), json!({"error": "Weather service unavailable"}));
+}
+
+#[tokio::test]
+async fn health_and_unknown_routes() {
+    let app = TestApp::start(&[]).await;
+    let r = app.control.send(&Request::get("/health")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json().unwrap(), json!({"status": "ok"}));
+    let r = app.control.send(&Request::get("/nope")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.json().unwrap()["error"].is_string());
+    let r = app.device.send(&Request::get("/nope")).await.unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn passphrase_issues_a_stable_code_that_expires_at_least_30_minutes_ahead() {
+    let app = TestApp::start(&[]).await;
+    let t = app.thermostat(SERIAL);
+    let before = roost::domain::time::now_ms();
+    let (code, expires) = t.passphrase().await.unwrap();
+    assert_eq!(code.len(), 7);
+    assert!(
+        code[..3].chars().all(|c| c.is_ascii_digit()) && code[3..].chars().all(|c| c.is_ascii_uppercase()),
+        "{code}"
+    );
+    assert!(expires >= before + 30 * 60 * 1000, "expires {expires}");
+    // `expires` is a JSON number.
+    let raw = app.device.send(&device_req("GET", "/nest/passphrase", SERIAL)).await.unwrap().json().unwrap();
+    assert!(raw["expires"].is_i64());
+    assert_eq!(raw["value"], code.as_str(), "the same code while it is valid");
+    let legacy = app.device.send(&device_req("GET", "/passphrase", SERIAL)).await.unwrap().json().unwrap();
+    assert_eq!(legacy["value"], code.as_str());
+
+    let status = app.device.send(&device_req("GET", "/nest/passphrase/status", SERIAL)).await.unwrap().json().unwrap();
+    assert_eq!(status["status"], "pending");
+    assert_eq!(status["expiresAt"], expires);
+    let r = app.device.send(&Request::get("/nest/passphrase")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json().unwrap(), json!({"error": "Device serial required"}));
+
+    // The confirm-pairing dialog exists now.
+    let list = app.device.send(&device_req("GET", &format!("/nest/transport/device/{SERIAL}"), SERIAL)).await.unwrap();
+    assert!(keys_of(&list.json().unwrap()).contains(&format!("device_alert_dialog.{SERIAL}")));
+}
+
+#[tokio::test]
+async fn short_entry_key_ttl_still_gives_30_minutes() {
+    let app = TestApp::start(&["--entry-key-ttl-seconds=600"]).await;
+    let now = roost::domain::time::now_ms();
+    let (_, expires) = app.thermostat(SERIAL).passphrase().await.unwrap();
+    assert!(expires >= now + 30 * 60 * 1000);
+}
+
+#[tokio::test]
+async fn a_mac_username_is_never_a_device() {
+    let app = TestApp::start(&[]).await;
+    let mac_user = |path: &str| Request::post(path).basic_auth("18b430aabbcc", "pw");
+    let body = json!({"session": format!("18b430aabbcc{SERIAL}"), "objects": [{"object_key": format!("device.{SERIAL}"), "value": {"a": 1}}]});
+    let r = app.device.send(&mac_user("/nest/transport/put").json(&body)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let list = app.device.send(&device_req("GET", &format!("/nest/transport/device/{SERIAL}"), SERIAL)).await.unwrap();
+    assert!(keys_of(&list.json().unwrap()).contains(&format!("device.{SERIAL}")));
+    let list = app.device.send(&Request::get("/nest/transport/device/18B430AABBCC")).await.unwrap();
+    assert_eq!(list.json().unwrap(), json!({"objects": []}), "nothing was stored under the MAC");
+    // Without a session there is no serial at all.
+    let r = app.device.send(&mac_user("/nest/transport/put").json(&json!({"objects": []}))).await.unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -1,0 +1,63 @@
+use std::sync::Arc;
+
+use roost::sim::http::{Client, Request};
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn tls_client(
+    url: &str,
+    cert: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Client {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Client::with_tls(url, Arc::new(config), "localhost").unwrap()
+}
+
+#[tokio::test]
+async fn the_device_port_serves_tls_1_2_and_1_3_with_the_certificates_in_cert_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(tmp.path().join("fullchain.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(tmp.path().join("privkey.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let app = TestApp::start(&[&format!("--cert-dir={}", tmp.path().display())]).await;
+    assert!(app.device_url.starts_with("https://"));
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let client = tls_client(&app.device_url, &cert, version);
+        let r = client.send(&Request::get("/nest/entry")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let mut t = roost::sim::Thermostat::new(client.clone(), SERIAL);
+        t.boot(20.0).await.unwrap();
+        t.subscribe_once().await.unwrap();
+        let (mut conn, head) = t.open_subscribe().await.unwrap();
+        assert_eq!(head.status, 200);
+        app.command(SERIAL, "set_temperature", json!(20.5)).await;
+        let chunk = conn.next_chunk_within(WAIT).await.unwrap().unwrap();
+        assert_eq!(chunk_json(&chunk)["objects"][0]["value"]["target_temperature"], json!(20.5));
+    }
+}
+
+#[tokio::test]
+async fn a_missing_certificate_stops_start_up_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let args = vec![
+        "--server-port=0".to_string(),
+        "--control-port=0".to_string(),
+        format!("--cert-dir={}", tmp.path().display()),
+        format!("--sqlite3-db-path={}", tmp.path().join("db.sqlite").display()),
+    ];
+    let config = roost::config::from_args(&args).unwrap();
+    let err = roost::Application::build(config).await.err().expect("start-up fails");
+    assert!(err.to_string().contains("fullchain.pem"), "{err}");
+    std::fs::write(tmp.path().join("fullchain.pem"), "not a certificate").unwrap();
+    std::fs::write(tmp.path().join("privkey.pem"), "not a key").unwrap();
+    let config = roost::config::from_args(&args).unwrap();
+    let err = roost::Application::build(config).await.err().expect("start-up fails");
+    assert!(format!("{err:#}").contains("fullchain.pem"), "{err:#}");
+}
