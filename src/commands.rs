@@ -5,8 +5,10 @@
 use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::domain::command::{self, CommandError, DeviceView};
+use crate::domain::command::{self, CommandError, DeviceView, Target};
 use crate::domain::serial;
+use crate::domain::time::now_s;
+use crate::state::pairing::structure_id;
 use crate::state::store::UpdateError;
 use crate::state::{Op, Origin, StoreError};
 
@@ -41,6 +43,9 @@ pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Val
     if !state.store.exists(&serial) {
         return Err(ExecError::NotFound);
     }
+    // A device without an owner keeps its structure as `structure.default`.
+    let structure =
+        state.pairing.owner(&serial).map_or_else(|| "default".to_string(), |o| structure_id(&o).to_string());
     let mut planned = None;
     let result = state
         .store
@@ -48,12 +53,31 @@ pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Val
             if buckets.is_empty() {
                 return Err(ExecError::NotFound);
             }
-            let device = buckets.get(&format!("device.{serial}")).map(|b| &b.value);
-            let shared = buckets.get(&format!("shared.{serial}")).map(|b| &b.value);
-            let plan = command::plan(name, value, DeviceView { device, shared })?;
-            let object_key = plan.target.key(&serial);
-            planned = Some((object_key.clone(), plan.fields.clone()));
-            Ok(vec![Op::Merge { key: object_key, fields: plan.fields, if_revision: None }])
+            let bucket = |target: Target| buckets.get(&target.key(&serial, &structure)).map(|b| &b.value);
+            let view = DeviceView {
+                device: bucket(Target::Device),
+                shared: bucket(Target::Shared),
+                schedule: bucket(Target::Schedule),
+                structure: bucket(Target::Structure),
+                now_s: now_s(),
+            };
+            let plan = command::plan(name, value, view)?;
+            let ops: Vec<Op> = plan
+                .writes
+                .into_iter()
+                .map(|w| {
+                    let key = w.target.key(&serial, &structure);
+                    if planned.is_none() {
+                        planned = Some((key.clone(), w.fields.clone()));
+                    }
+                    if w.replace {
+                        Op::Replace { key, fields: w.fields }
+                    } else {
+                        Op::Merge { key, fields: w.fields, if_revision: None }
+                    }
+                })
+                .collect();
+            Ok(ops)
         })
         .await;
     match result {

@@ -22,6 +22,10 @@ pub enum CommandError {
 pub struct DeviceView<'a> {
     pub device: Option<&'a Fields>,
     pub shared: Option<&'a Fields>,
+    pub schedule: Option<&'a Fields>,
+    pub structure: Option<&'a Fields>,
+    /// Unix seconds now (eco and fan fields are in seconds).
+    pub now_s: i64,
 }
 
 impl DeviceView<'_> {
@@ -51,22 +55,42 @@ impl DeviceView<'_> {
 pub enum Target {
     Shared,
     Device,
+    Schedule,
+    /// The owner's structure (`structure.<id>`), resolved by the caller.
+    Structure,
 }
 
 impl Target {
-    pub fn key(self, serial: &str) -> String {
+    pub fn key(self, serial: &str, structure_id: &str) -> String {
         match self {
             Target::Shared => format!("shared.{serial}"),
             Target::Device => format!("device.{serial}"),
+            Target::Schedule => format!("schedule.{serial}"),
+            Target::Structure => format!("structure.{structure_id}"),
         }
     }
 }
 
-/// What a validated command writes.
+/// One bucket write of a command.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
+pub struct Write {
     pub target: Target,
     pub fields: Fields,
+    /// Replace the whole value instead of merging fields into it.
+    pub replace: bool,
+}
+
+/// What a validated command writes: one or more buckets, committed and pushed together.
+/// The first write is the one the reply echoes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub writes: Vec<Write>,
+}
+
+impl Plan {
+    fn merge(target: Target, fields: Fields) -> Self {
+        Self { writes: vec![Write { target, fields, replace: false }] }
+    }
 }
 
 pub fn plan(command: &str, value: &Value, view: DeviceView<'_>) -> Result<Plan, CommandError> {
@@ -146,7 +170,7 @@ fn set_temperature(value: &Value, view: DeviceView<'_>) -> Result<Plan, CommandE
         }
     }
     fields.insert("target_change_pending".into(), Value::Bool(true));
-    Ok(Plan { target: Target::Shared, fields })
+    Ok(Plan::merge(Target::Shared, fields))
 }
 
 #[cfg(test)]
@@ -161,10 +185,13 @@ mod tests {
     #[test]
     fn scalar_setpoint_is_clamped_and_marks_pending() {
         let p = plan("set_temperature", &json!(50), DeviceView::default()).unwrap();
-        assert_eq!(Value::Object(p.fields), json!({"target_temperature": 35.0, "target_change_pending": true}));
+        assert_eq!(
+            Value::Object(p.writes[0].fields.clone()),
+            json!({"target_temperature": 35.0, "target_change_pending": true})
+        );
         let p = plan("set_temperature", &json!(21), DeviceView::default()).unwrap();
         assert_eq!(
-            serde_json::to_string(&p.fields).unwrap(),
+            serde_json::to_string(&p.writes[0].fields).unwrap(),
             r#"{"target_temperature":21.0,"target_change_pending":true}"#
         );
     }
@@ -172,9 +199,9 @@ mod tests {
     #[test]
     fn device_safety_temperatures_bound_the_setpoint() {
         let device = fields(json!({"lower_safety_temp": 10.0, "upper_safety_temp": 30.0}));
-        let view = DeviceView { device: Some(&device), shared: None };
+        let view = DeviceView { device: Some(&device), ..Default::default() };
         let p = plan("set_temperature", &json!(5), view).unwrap();
-        assert_eq!(p.fields["target_temperature"], json!(10.0));
+        assert_eq!(p.writes[0].fields["target_temperature"], json!(10.0));
     }
 
     #[test]
@@ -198,10 +225,13 @@ mod tests {
     #[test]
     fn one_bound_is_checked_against_the_stored_other() {
         let shared = fields(json!({"target_temperature_low": 19.0, "target_temperature_high": 24.0}));
-        let view = DeviceView { device: None, shared: Some(&shared) };
+        let view = DeviceView { shared: Some(&shared), ..Default::default() };
         assert!(plan("set_temperature", &json!({"high": 18.0}), view).is_err());
         let p = plan("set_temperature", &json!({"high": 25.5}), view).unwrap();
-        assert_eq!(Value::Object(p.fields), json!({"target_temperature_high": 25.5, "target_change_pending": true}));
+        assert_eq!(
+            Value::Object(p.writes[0].fields.clone()),
+            json!({"target_temperature_high": 25.5, "target_change_pending": true})
+        );
         assert!(plan("set_temperature", &json!({"low": 22, "high": 21}), DeviceView::default()).is_err());
     }
 }
