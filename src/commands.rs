@@ -2,7 +2,9 @@
 //! the web UI. The plan is computed under the serial's write lock from the stored buckets, so
 //! the checks (bounds, low < high) hold for the values actually written.
 
-use serde_json::{Value, json};
+use std::cell::RefCell;
+
+use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::domain::command::{self, CommandError, DeviceView, Target};
@@ -10,7 +12,7 @@ use crate::domain::serial;
 use crate::domain::time::now_s;
 use crate::state::pairing::structure_id;
 use crate::state::store::UpdateError;
-use crate::state::{Op, Origin, StoreError};
+use crate::state::{Event, Op, Origin, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -46,46 +48,60 @@ pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Val
     // A device without an owner keeps its structure as `structure.default`.
     let structure =
         state.pairing.owner(&serial).map_or_else(|| "default".to_string(), |o| structure_id(&o).to_string());
-    let mut planned = None;
+    let planned: RefCell<Option<(String, Map<String, Value>)>> = RefCell::new(None);
     let result = state
         .store
-        .update(&serial, Origin::Command, true, |buckets| {
-            if buckets.is_empty() {
-                return Err(ExecError::NotFound);
-            }
-            let bucket = |target: Target| buckets.get(&target.key(&serial, &structure)).map(|b| &b.value);
-            let view = DeviceView {
-                device: bucket(Target::Device),
-                shared: bucket(Target::Shared),
-                schedule: bucket(Target::Schedule),
-                structure: bucket(Target::Structure),
-                now_s: now_s(),
-            };
-            let plan = command::plan(name, value, view)?;
-            let ops: Vec<Op> = plan
-                .writes
-                .into_iter()
-                .map(|w| {
-                    let key = w.target.key(&serial, &structure);
-                    if planned.is_none() {
-                        planned = Some((key.clone(), w.fields.clone()));
-                    }
-                    if w.replace {
-                        Op::Replace { key, fields: w.fields }
-                    } else {
-                        Op::Merge { key, fields: w.fields, if_revision: None }
-                    }
+        .update_with_event(
+            &serial,
+            Origin::Command,
+            true,
+            |buckets| {
+                if buckets.is_empty() {
+                    return Err(ExecError::NotFound);
+                }
+                let bucket = |target: Target| buckets.get(&target.key(&serial, &structure)).map(|b| &b.value);
+                let view = DeviceView {
+                    device: bucket(Target::Device),
+                    shared: bucket(Target::Shared),
+                    schedule: bucket(Target::Schedule),
+                    structure: bucket(Target::Structure),
+                    now_s: now_s(),
+                };
+                let plan = command::plan(name, value, view)?;
+                let ops: Vec<Op> = plan
+                    .writes
+                    .into_iter()
+                    .map(|w| {
+                        let key = w.target.key(&serial, &structure);
+                        let mut first = planned.borrow_mut();
+                        if first.is_none() {
+                            *first = Some((key.clone(), w.fields.clone()));
+                        }
+                        if w.replace {
+                            Op::Replace { key, fields: w.fields }
+                        } else {
+                            Op::Merge { key, fields: w.fields, if_revision: None }
+                        }
+                    })
+                    .collect();
+                Ok(ops)
+            },
+            |_| {
+                let first = planned.borrow();
+                let (object_key, values) = first.as_ref()?;
+                Some(Event {
+                    kind: "command",
+                    detail: json!({"command": name, "value": value, "object_key": object_key, "values": values}),
                 })
-                .collect();
-            Ok(ops)
-        })
+            },
+        )
         .await;
     match result {
         Ok(_) => {}
         Err(UpdateError::Plan(e)) => return Err(e),
         Err(UpdateError::Store(e)) => return Err(ExecError::Store(e)),
     }
-    let (object_key, values) = planned.unwrap_or_default();
+    let (object_key, values) = planned.into_inner().unwrap_or_default();
     tracing::info!(%serial, command = name, key = %object_key, "command applied");
     Ok(Executed { serial, object_key, values })
 }

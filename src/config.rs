@@ -115,6 +115,15 @@ pub struct Config {
     #[arg(long, env = "SSE_MAX_CLIENTS", value_name = "SSE_MAX_CLIENTS", default_value_t = 1000)]
     pub sse_max_clients: usize,
 
+    /// A thermostat not heard from for this long (and holding no subscribe) is offline.
+    #[arg(
+        long,
+        env = "AVAILABILITY_TIMEOUT_SECONDS",
+        value_name = "AVAILABILITY_TIMEOUT_SECONDS",
+        default_value_t = 300.0
+    )]
+    pub availability_timeout_seconds: f64,
+
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "pretty",
           value_parser = ["pretty", "json"])]
     pub log_format: String,
@@ -166,6 +175,12 @@ impl Config {
         if !self.sse_keepalive_seconds.is_finite() || self.sse_keepalive_seconds <= 0.0 {
             return Err(ConfigError {
                 name: "SSE_KEEPALIVE_SECONDS",
+                message: "must be a positive number of seconds".into(),
+            });
+        }
+        if !self.availability_timeout_seconds.is_finite() || self.availability_timeout_seconds <= 0.0 {
+            return Err(ConfigError {
+                name: "AVAILABILITY_TIMEOUT_SECONDS",
                 message: "must be a positive number of seconds".into(),
             });
         }

@@ -28,6 +28,31 @@ use state::Store;
 use state::availability::Availability;
 use state::pairing::Pairing;
 
+impl AppState {
+    /// Records contact from a thermostat; a known device coming online is an availability event.
+    pub async fn seen(&self, serial: &str, password: Option<&str>) {
+        if self.availability.touch(serial, password) && self.is_known_device(serial) {
+            tracing::info!(%serial, "thermostat online");
+            self.record_availability(serial, true).await;
+        }
+    }
+
+    pub fn is_known_device(&self, serial: &str) -> bool {
+        self.store.exists(serial) || self.pairing.owner(serial).is_some()
+    }
+
+    pub async fn record_availability(&self, serial: &str, online: bool) {
+        let last_seen = self.availability.get(serial).map(|p| domain::time::iso8601(p.last_seen_ms));
+        let event = state::Event {
+            kind: "availability",
+            detail: serde_json::json!({"online": online, "last_seen": last_seen}),
+        };
+        if let Err(e) = self.store.record(serial, state::Origin::Server, event).await {
+            tracing::warn!(%serial, error = %e, "could not record an availability change");
+        }
+    }
+}
+
 /// Everything the handlers of both ports share.
 pub struct AppState {
     pub config: Arc<Config>,
@@ -35,6 +60,7 @@ pub struct AppState {
     pub pairing: Arc<Pairing>,
     pub availability: Arc<Availability>,
     pub shutdown: CancellationToken,
+    pub events: Arc<control_api::events::EventStreams>,
     /// Serials that received their structure bucket since this process started: the first
     /// subscribe after a start always gets it, because the device may have reset its mode while
     /// its cached timestamp survived in flash.

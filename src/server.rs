@@ -11,6 +11,8 @@ use anyhow::Context;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::control_api::auth::{self, Access};
+use crate::control_api::events::EventStreams;
 use crate::state::Store;
 use crate::state::availability::Availability;
 use crate::state::pairing::Pairing;
@@ -59,12 +61,16 @@ impl Application {
         let hub = hub::Hub::new(config.max_subscriptions_per_device as usize);
         let store = Arc::new(Store::load(pool.clone(), writer, hub).await?);
         let pairing = Arc::new(Pairing::load(pool).await?);
+        let shutdown = CancellationToken::new();
+        let events = EventStreams::new(config.sse_max_clients);
+        events.spawn_fan_out(store.hub().feed(), shutdown.clone());
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store,
             pairing,
-            availability: Arc::new(Availability::default()),
-            shutdown: CancellationToken::new(),
+            availability: Arc::new(Availability::new((config.availability_timeout_seconds * 1000.0) as i64)),
+            shutdown,
+            events,
             structure_sent: Mutex::new(HashSet::new()),
         });
 
@@ -101,9 +107,12 @@ impl Application {
         let is_tls = config.cert_dir.is_some();
 
         let control_state = state.clone();
+        let access = Access::new(config.api_keys(), config.cors_origin_list());
         let control = HttpServer::new(move || {
+            let access = access.clone();
             App::new()
                 .app_data(control_state.clone())
+                .wrap_fn(move |req, srv| auth::guard(&access, req, srv))
                 .configure(control_api::routes)
                 .default_service(web::to(not_found))
         })
@@ -139,9 +148,32 @@ impl Application {
         AppHandle { token: self.state.shutdown.clone() }
     }
 
+    /// Marks thermostats offline when they have been silent too long (and hold no subscribe).
+    fn spawn_availability_watch(&self) {
+        let state = self.state.clone();
+        let period = Duration::from_secs_f64((state.config.availability_timeout_seconds / 4.0).clamp(0.2, 30.0));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = state.shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let hub = state.store.hub().clone();
+                for serial in state.availability.sweep(|s| hub.held_count(s) > 0) {
+                    if state.is_known_device(&serial) {
+                        tracing::info!(%serial, "thermostat offline");
+                        state.record_availability(&serial, false).await;
+                    }
+                }
+            }
+        });
+    }
+
     /// Serves until [`AppHandle::stop`]: then held subscribes end with the terminal chunk,
     /// in-flight requests finish, and the database is closed.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.spawn_availability_watch();
         let device_handle = self.device_server.handle();
         let control_handle = self.control_server.handle();
         let device = tokio::spawn(self.device_server);

@@ -31,7 +31,7 @@ pub async fn entry(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn ping(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if let Some(caller) = identify(&req, None) {
-        state.availability.touch(&caller.serial, caller.password.as_deref());
+        state.seen(&caller.serial, caller.password.as_deref()).await;
     }
     HttpResponse::Ok().json(json!({"status": "ok", "timestamp": now_ms()}))
 }
@@ -74,7 +74,7 @@ pub async fn pro_info(req: HttpRequest) -> HttpResponse {
 /// The pairing code shown on the thermostat. `expires` is a JSON number of milliseconds.
 pub async fn passphrase(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let caller = identify(&req, None).ok_or_else(serial_required)?;
-    state.availability.touch(&caller.serial, caller.password.as_deref());
+    state.seen(&caller.serial, caller.password.as_deref()).await;
     let ttl_ms = (state.config.entry_key_ttl_seconds as i64).saturating_mul(1000);
     let key = state.pairing.entry_key(&caller.serial, ttl_ms).await?;
     let mut dialog = Fields::new();

@@ -18,7 +18,7 @@ pub async fn upload(
     let caller = identify(&req, None);
     if let Some(caller) = &caller {
         admit(&state, caller, Gated::Upload).await?;
-        state.availability.touch(&caller.serial, caller.password.as_deref());
+        state.seen(&caller.serial, caller.password.as_deref()).await;
     } else if state.config.require_device_pairing {
         return Err(super::serial_required());
     }

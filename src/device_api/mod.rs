@@ -51,7 +51,7 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
-pub(crate) fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
+pub fn query_param(req: &HttpRequest, name: &str) -> Option<String> {
     form_urlencoded::parse(req.query_string().as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
 
@@ -113,18 +113,17 @@ pub(crate) async fn admit(state: &AppState, caller: &Caller, route: Gated) -> Re
 /// Records contact and, in open mode, adopts an unowned device for the default user so it
 /// receives a user and a structure bucket (without them the firmware cannot do away/eco).
 pub(crate) async fn arrived(state: &AppState, caller: &Caller) -> Result<Option<String>, ApiError> {
-    if state.availability.touch(&caller.serial, caller.password.as_deref()) {
-        tracing::info!(serial = %caller.serial, "thermostat online");
-    }
-    if let Some(owner) = state.pairing.owner(&caller.serial) {
-        return Ok(Some(owner));
-    }
-    if state.config.require_device_pairing {
-        return Ok(None);
-    }
-    let owner = state.pairing.set_owner_if_absent(&caller.serial, DEFAULT_USER).await?;
-    tracing::info!(serial = %caller.serial, owner = %owner, "adopted an unpaired thermostat (REQUIRE_DEVICE_PAIRING=false)");
-    Ok(Some(owner))
+    let owner = match state.pairing.owner(&caller.serial) {
+        Some(owner) => Some(owner),
+        None if state.config.require_device_pairing => None,
+        None => {
+            let owner = state.pairing.set_owner_if_absent(&caller.serial, DEFAULT_USER).await?;
+            tracing::info!(serial = %caller.serial, owner = %owner, "adopted an unpaired thermostat (REQUIRE_DEVICE_PAIRING=false)");
+            Some(owner)
+        }
+    };
+    state.seen(&caller.serial, caller.password.as_deref()).await;
+    Ok(owner)
 }
 
 /// `200` with the `X-nl-*` timing headers every transport reply carries.

@@ -248,8 +248,10 @@ impl Hold {
         }
     }
 
-    /// One document with every pushed bucket the device does not already hold.
+    /// One document with every pushed bucket the device does not already hold (all of them
+    /// for `/notify-device`).
     fn render(&mut self, changes: &[Arc<Change>]) -> Option<Bytes> {
+        let forced = changes.iter().any(|c| c.origin == Origin::Notify);
         let mut latest: Vec<(&str, &Bucket)> = Vec::new();
         for change in changes {
             for (key, b) in &change.buckets {
@@ -259,7 +261,9 @@ impl Hold {
                 }
             }
         }
-        latest.retain(|(k, b)| server_is_newer(b.timestamp, self.known.get(*k).copied().unwrap_or(0)));
+        if !forced {
+            latest.retain(|(k, b)| server_is_newer(b.timestamp, self.known.get(*k).copied().unwrap_or(0)));
+        }
         if latest.is_empty() {
             return None;
         }

@@ -2,5 +2,6 @@
 
 pub mod bucket;
 pub mod command;
+pub mod schedule;
 pub mod serial;
 pub mod time;

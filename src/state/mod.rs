@@ -6,4 +6,4 @@ pub mod pairing;
 pub mod store;
 mod writer;
 
-pub use store::{Applied, Change, Op, Origin, Outcome, Store, StoreError};
+pub use store::{Applied, Change, Event, Op, Origin, Outcome, Store, StoreError};

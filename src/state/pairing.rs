@@ -204,6 +204,59 @@ impl Pairing {
     }
 }
 
+impl Pairing {
+    /// Removes the owner and every entry key of a device.
+    pub async fn forget(&self, serial: &str) -> Result<(), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM \"deviceOwners\" WHERE serial = ?").bind(serial).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM \"entryKeys\" WHERE serial = ?").bind(serial).execute(&mut *tx).await?;
+        tx.commit().await?;
+        if let Ok(mut o) = self.owners.write() {
+            o.remove(serial);
+        }
+        Ok(())
+    }
+
+    /// Removes the owner row of `serial` if `user` owns it. Returns whether it did.
+    pub async fn unregister(&self, serial: &str, user: &str) -> Result<bool, sqlx::Error> {
+        let done = sqlx::query("DELETE FROM \"deviceOwners\" WHERE serial = ? AND \"userId\" = ?")
+            .bind(serial)
+            .bind(user)
+            .execute(&self.pool)
+            .await?
+            .rows_affected()
+            > 0;
+        if done {
+            if let Ok(mut o) = self.owners.write() {
+                o.remove(serial);
+            }
+        }
+        Ok(done)
+    }
+
+    /// Devices owned by `user`, newest first.
+    pub async fn devices_of(&self, user: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT serial, \"createdAt\" FROM \"deviceOwners\" WHERE \"userId\" = ? ORDER BY \"createdAt\" DESC",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Creates a user unless it exists. Returns whether it was created.
+    pub async fn ensure_user(&self, user: &str, email: &str) -> Result<bool, sqlx::Error> {
+        let created = sqlx::query("INSERT OR IGNORE INTO users (\"clerkId\", email, \"createdAt\") VALUES (?, ?, ?)")
+            .bind(user)
+            .bind(email)
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(created > 0)
+    }
+}
+
 /// Three digits and four letters (shown as `123-ABCD`), from the operating system's CSPRNG.
 fn new_code() -> String {
     let mut bytes = [0u8; 7];

@@ -25,6 +25,8 @@ pub enum Origin {
     Command,
     Pairing,
     Server,
+    /// `/notify-device`: every bucket is pushed again, nothing is written.
+    Notify,
 }
 
 impl Origin {
@@ -34,8 +36,17 @@ impl Origin {
             Origin::Command => "command",
             Origin::Pairing => "pairing",
             Origin::Server => "server",
+            Origin::Notify => "notify",
         }
     }
+}
+
+/// A named event that travels with a change (and is journaled with it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `command`, `availability` or `pairing`.
+    pub kind: &'static str,
+    pub detail: Value,
 }
 
 /// One requested change to one bucket.
@@ -91,6 +102,15 @@ pub struct Change {
     pub buckets: Vec<(String, Arc<Bucket>)>,
     /// Set when every bucket of the serial was removed.
     pub deleted: bool,
+    pub event: Option<Event>,
+    pub at_ms: i64,
+}
+
+impl Change {
+    /// Whether this is a change of the device's state (a plain message on the event stream).
+    pub fn is_state_change(&self) -> bool {
+        !self.buckets.is_empty() || self.deleted
+    }
 }
 
 #[derive(Debug)]
@@ -228,6 +248,18 @@ impl Store {
         force: bool,
         plan: impl FnOnce(&Buckets) -> Result<Vec<Op>, E>,
     ) -> Result<Applied, UpdateError<E>> {
+        self.update_with_event(serial, origin, force, plan, |_| None).await
+    }
+
+    /// [`Store::update`], attaching a named event (built from what was written) to the change.
+    pub async fn update_with_event<E>(
+        &self,
+        serial: &str,
+        origin: Origin,
+        force: bool,
+        plan: impl FnOnce(&Buckets) -> Result<Vec<Op>, E>,
+        event: impl FnOnce(&[Written]) -> Option<Event>,
+    ) -> Result<Applied, UpdateError<E>> {
         let slot = self.slot_or_create(serial);
         let _guard = slot.write.lock().await;
         let current = slot.buckets.read().map(|b| b.clone()).unwrap_or_default();
@@ -262,24 +294,67 @@ impl Store {
             changed_keys.iter().filter_map(|k| next.get(k).map(|b| (k.clone(), b.clone()))).collect();
         let ops =
             buckets.iter().map(|(key, bucket)| DbOp::Upsert { key: key.clone(), bucket: bucket.clone() }).collect();
-        let id = self.commit(serial, origin, ops).await.map_err(UpdateError::Store)?;
+        let event = event(&written);
+        let id = self.commit(serial, origin, ops, event.as_ref()).await.map_err(UpdateError::Store)?;
         if let Ok(mut b) = slot.buckets.write() {
             *b = next;
         }
-        let change = Arc::new(Change { id, serial: serial.to_string(), origin, buckets, deleted: false });
+        let change =
+            Arc::new(Change { id, serial: serial.to_string(), origin, buckets, deleted: false, event, at_ms: now });
         self.hub.publish(change.clone());
         Ok(Applied { written, change: Some(change) })
     }
 
+    /// Pushes every bucket of a serial to its held subscribes again (`/notify-device`).
+    /// Journaled, so event-stream clients see it; nothing is written. Returns `None` for a
+    /// serial without buckets.
+    pub async fn notify(&self, serial: &str) -> Result<Option<Arc<Change>>, StoreError> {
+        let Some(slot) = self.slot(serial) else { return Ok(None) };
+        let _guard = slot.write.lock().await;
+        let buckets: Vec<(String, Arc<Bucket>)> =
+            slot.buckets.read().map(|b| b.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        if buckets.is_empty() {
+            return Ok(None);
+        }
+        let id = self.commit(serial, Origin::Notify, Vec::new(), None).await?;
+        let change = Arc::new(Change {
+            id,
+            serial: serial.to_string(),
+            origin: Origin::Notify,
+            buckets,
+            deleted: false,
+            event: None,
+            at_ms: now_ms(),
+        });
+        self.hub.publish(change.clone());
+        Ok(Some(change))
+    }
+
+    /// Journals and publishes a named event that changes no bucket (availability, pairing).
+    pub async fn record(&self, serial: &str, origin: Origin, event: Event) -> Result<Arc<Change>, StoreError> {
+        let id = self.commit(serial, origin, Vec::new(), Some(&event)).await?;
+        let change = Arc::new(Change {
+            id,
+            serial: serial.to_string(),
+            origin,
+            buckets: Vec::new(),
+            deleted: false,
+            event: Some(event),
+            at_ms: now_ms(),
+        });
+        self.hub.publish(change.clone());
+        Ok(change)
+    }
+
     /// Removes every bucket of a serial. Returns how many there were.
-    pub async fn delete_device(&self, serial: &str) -> Result<usize, StoreError> {
+    pub async fn delete_device(&self, serial: &str, event: Event) -> Result<usize, StoreError> {
         let Some(slot) = self.slot(serial) else { return Ok(0) };
         let _guard = slot.write.lock().await;
         let count = slot.buckets.read().map(|b| b.len()).unwrap_or(0);
         if count == 0 {
             return Ok(0);
         }
-        let id = self.commit(serial, Origin::Server, vec![DbOp::DeleteSerial]).await?;
+        let id = self.commit(serial, Origin::Server, vec![DbOp::DeleteSerial], Some(&event)).await?;
         if let Ok(mut b) = slot.buckets.write() {
             b.clear();
         }
@@ -289,13 +364,27 @@ impl Store {
             origin: Origin::Server,
             buckets: Vec::new(),
             deleted: true,
+            event: Some(event),
+            at_ms: now_ms(),
         }));
         Ok(count)
     }
 
-    async fn commit(&self, serial: &str, origin: Origin, ops: Vec<DbOp>) -> Result<i64, StoreError> {
+    async fn commit(
+        &self,
+        serial: &str,
+        origin: Origin,
+        ops: Vec<DbOp>,
+        event: Option<&Event>,
+    ) -> Result<i64, StoreError> {
         let (ack, done) = oneshot::channel();
-        let commit = Commit { serial: serial.to_string(), origin: origin.as_str(), ops, ack };
+        let commit = Commit {
+            serial: serial.to_string(),
+            origin: origin.as_str(),
+            ops,
+            event: event.map(|e| (e.kind, e.detail.to_string())),
+            ack,
+        };
         self.writer.send(commit).await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
         match done.await {
             Ok(Ok(id)) => Ok(id),

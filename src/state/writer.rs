@@ -20,6 +20,8 @@ pub(crate) struct Commit {
     pub serial: String,
     pub origin: &'static str,
     pub ops: Vec<DbOp>,
+    /// A named event's kind and JSON detail.
+    pub event: Option<(&'static str, String)>,
     pub ack: oneshot::Sender<Result<i64, String>>,
 }
 
@@ -88,12 +90,16 @@ async fn write_batch(conn: &mut SqliteConnection, batch: &[Commit], first_id: i6
                 }
             }
         }
-        sqlx::query("INSERT INTO roost_changes (id, serial, origin, object_keys, created_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(first_id + i as i64)
-            .bind(&commit.serial)
-            .bind(commit.origin)
-            .bind(serde_json::Value::Array(keys).to_string())
-            .bind(now)
+        sqlx::query(
+            "INSERT INTO roost_changes (id, serial, origin, object_keys, created_at, event, detail) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(first_id + i as i64)
+        .bind(&commit.serial)
+        .bind(commit.origin)
+        .bind(serde_json::Value::Array(keys).to_string())
+        .bind(now)
+        .bind(commit.event.as_ref().map(|(kind, _)| *kind))
+        .bind(commit.event.as_ref().map(|(_, detail)| detail.as_str()))
             .execute(&mut *tx)
             .await?;
     }

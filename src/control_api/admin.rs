@@ -1,0 +1,88 @@
+//! Pushing, dismissing and deleting: `/notify-device`, `/api/dismiss-pairing/{serial}` and
+//! `DELETE /api/device`.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde_json::{Value, json};
+
+use super::command::json_object;
+use super::status::parse_serial;
+use crate::AppState;
+use crate::error::ApiError;
+use crate::state::{Event, Op, Origin};
+
+fn error_body(e: ApiError) -> ApiError {
+    // These routes answer `{"error": ...}` like the reference, not `{"success": false, ...}`.
+    let message = e.body.get("message").and_then(Value::as_str).map(String::from);
+    match message {
+        Some(m) => ApiError::new(e.status, m),
+        None => e,
+    }
+}
+
+pub async fn notify_device(payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = json_object(payload).await.map_err(error_body)?;
+    let serial =
+        parse_serial(body.get("serial").and_then(Value::as_str)).map_err(|e| match e.body["error"].as_str() {
+            Some("Serial parameter required") => ApiError::bad_request("Serial required"),
+            _ => e,
+        })?;
+    let Some(_) = state.store.notify(&serial).await? else {
+        return Err(ApiError::not_found("Device not found"));
+    };
+    let held = state.store.hub().held_count(&serial);
+    tracing::info!(%serial, held, "notify-device: all buckets pushed");
+    Ok(HttpResponse::Ok().json(json!({"success": true, "subscribers_notified": held})))
+}
+
+pub async fn dismiss_pairing(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let serial = parse_serial(req.match_info().get("serial"))?;
+    let key = format!("device_alert_dialog.{serial}");
+    if state.store.get(&serial, &key).is_none() {
+        return Ok(HttpResponse::Ok()
+            .json(json!({"success": true, "message": format!("No pairing dialog to dismiss for {serial}")})));
+    }
+    let event = Event { kind: "pairing", detail: json!({"action": "dismissed"}) };
+    state
+        .store
+        .update_with_event(
+            &serial,
+            Origin::Pairing,
+            true,
+            |_| Ok::<_, std::convert::Infallible>(vec![Op::Replace { key, fields: Default::default() }]),
+            |_| Some(event),
+        )
+        .await
+        .map_err(|e| match e {
+            crate::state::store::UpdateError::Store(s) => ApiError::from(s),
+            crate::state::store::UpdateError::Plan(never) => match never {},
+        })?;
+    Ok(HttpResponse::Ok().json(json!({"success": true, "message": format!("Pairing dialog dismissed for {serial}")})))
+}
+
+/// Removes everything roost holds about a device: buckets, owner, entry keys, availability
+/// and held subscribes. A thermostat that is still running recreates its state on its next PUT.
+pub async fn delete_device(payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = json_object(payload).await.map_err(error_body)?;
+    let serial =
+        parse_serial(body.get("serial").and_then(Value::as_str)).map_err(|e| match e.body["error"].as_str() {
+            Some("Serial parameter required") => ApiError::bad_request("Serial required"),
+            _ => e,
+        })?;
+    let owned = state.pairing.owner(&serial).is_some();
+    if !state.store.exists(&serial) && !owned {
+        return Err(ApiError::not_found("Device not found"));
+    }
+    let event = Event { kind: "pairing", detail: json!({"action": "deleted"}) };
+    let deleted = state.store.delete_device(&serial, event.clone()).await?;
+    if deleted == 0 {
+        state.store.record(&serial, Origin::Server, event).await?;
+    }
+    state.pairing.forget(&serial).await?;
+    state.availability.forget(&serial);
+    state.store.hub().end_serial(&serial);
+    if let Ok(mut sent) = state.structure_sent.lock() {
+        sent.remove(&serial);
+    }
+    tracing::info!(%serial, buckets = deleted, "device deleted");
+    Ok(HttpResponse::Ok().json(json!({"success": true, "serial": serial, "objects_deleted": deleted})))
+}
