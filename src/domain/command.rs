@@ -682,11 +682,11 @@ mod tests {
         // The preferred duration, when sane.
         let device = fields(json!({"has_fan": true, "fan_timer_duration_minutes": 15}));
         let p = plan("set_fan", &json!("on"), view(Some(&device), None)).unwrap();
-        assert_eq!(only(&p).1, json!({"fan_timer_timeout": NOW + 900}));
+        assert_eq!(only(&p).1, json!({"fan_timer_timeout": NOW + 900, "fan_timer_duration": 900}));
         for odd in [json!(0), json!(-5), json!(2000), json!("15")] {
             let device = fields(json!({"has_fan": true, "fan_timer_duration_minutes": odd}));
             let p = plan("set_fan", &json!("on"), view(Some(&device), None)).unwrap();
-            assert_eq!(only(&p).1, json!({"fan_timer_timeout": NOW + 3600}), "{odd}");
+            assert_eq!(only(&p).1, json!({"fan_timer_timeout": NOW + 3600, "fan_timer_duration": 3600}), "{odd}");
         }
     }
 
