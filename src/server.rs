@@ -20,6 +20,8 @@ use crate::{AppState, Config, control_api, device_api, hub, state, tls};
 
 /// Seconds in-flight requests get to finish after a stop signal (below Docker's 10 s grace).
 const SHUTDOWN_GRACE_SECS: u64 = 5;
+/// Kernel send buffer of a control-port connection.
+const CONTROL_SEND_BUFFER: usize = 64 * 1024;
 
 pub struct Application {
     device_addr: SocketAddr,
@@ -120,6 +122,13 @@ impl Application {
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .h1_allow_half_closed(false)
+        .on_connect(|conn, _| {
+            // A fixed send buffer bounds what an event-stream client that stopped reading can
+            // hold in the kernel, so it falls behind its queue and is cut off (it resumes by id).
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = socket2::SockRef::from(tcp).set_send_buffer_size(CONTROL_SEND_BUFFER);
+            }
+        })
         .listen(control_listener)?;
 
         Ok(Self {

@@ -113,7 +113,7 @@ pub async fn subscribe(
         response.insert_header(("X-nl-disable-defer-window", state.config.disable_defer_window.to_string()));
     }
     if !outgoing.is_empty() {
-        tracing::debug!(serial, objects = outgoing.len(), "subscribe answered with newer data");
+        tracing::debug!(serial, keys = ?outgoing.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), "subscribe answered with newer data");
     }
 
     let Some(subscription) = subscription else {

@@ -32,6 +32,22 @@ pub struct HoldArgs {
     /// The server's process id, to read its resident memory from /proc.
     #[arg(long)]
     pub server_pid: u32,
+    /// Control port URL, to confirm through /api/stats that the subscribes are held.
+    #[arg(long, default_value = "http://127.0.0.1:8082")]
+    pub control_url: String,
+}
+
+/// A subscribe listing everything the server holds for `serial` as already known, so the
+/// server holds it instead of answering.
+fn held_subscribe(serial: &str, chunked: bool) -> Request {
+    let far = 9_999_999_999_999i64;
+    let objects: Vec<serde_json::Value> =
+        [format!("device.{serial}"), "user.homeassistant".into(), "structure.homeassistant".into()]
+            .into_iter()
+            .map(|k| json!({"object_key": k, "object_revision": 1, "object_timestamp": far}))
+            .collect();
+    let body = json!({"chunked": chunked, "session": format!("18b430aabbcc{serial}"), "objects": objects});
+    Request::post("/nest/transport/v7/subscribe").basic_auth(&format!("d.{serial}.bench"), "pw").json(&body)
 }
 
 fn put_request(serial: &str, n: u64) -> Request {
@@ -116,7 +132,10 @@ pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     let serials = (args.count / 10).max(1);
     let mut conn = client.connect().await?;
     for i in 0..serials {
-        conn.roundtrip(&put_request(&sim_serial(i + 1), 0)).await?;
+        let serial = sim_serial(i + 1);
+        conn.roundtrip(&put_request(&serial, 0)).await?;
+        // The first subscribe after a start always carries the structure; take it here.
+        conn.roundtrip(&held_subscribe(&serial, false)).await?;
     }
     let before = rss_kib(args.server_pid)?;
     let mut held = Vec::with_capacity(args.count);
@@ -124,20 +143,19 @@ pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     for i in 0..args.count {
         let serial = sim_serial((i % serials) + 1);
         let mut c = client.connect().await.with_context(|| format!("opening connection {i}"))?;
-        let body = json!({"chunked": true, "session": "s", "objects": [{"object_key": format!("device.{serial}"), "object_revision": 1, "object_timestamp": 9_999_999_999_999i64}]});
-        let req =
-            Request::post("/nest/transport/v7/subscribe").basic_auth(&format!("d.{serial}.bench"), "pw").json(&body);
-        c.send_request(&req).await?;
+        c.send_request(&held_subscribe(&serial, true)).await?;
         let head = c.read_head().await?;
         anyhow::ensure!(head.status == 200, "subscribe {i} answered {}", head.status);
         held.push(c);
     }
     let opened = started.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = Client::new(&args.control_url)?.send(&Request::get("/api/stats")).await?.json()?;
+    let held_now = stats["subscriptions"]["total_subscriptions"].as_u64().unwrap_or(0);
+    anyhow::ensure!(held_now as usize >= args.count, "only {held_now} of {} subscribes are held", args.count);
     let after = rss_kib(args.server_pid)?;
     let per = (after.saturating_sub(before)) as f64 / args.count as f64;
     println!(
-        "bench-hold: {} held subscribes opened in {:.1} s; server RSS {} KiB -> {} KiB: {:.2} KiB per held subscribe",
+        "bench-hold: {} held subscribes ({held_now} confirmed held) opened in {:.1} s; server RSS {} KiB -> {} KiB: {:.2} KiB per held subscribe",
         args.count,
         opened.as_secs_f64(),
         before,

@@ -50,6 +50,22 @@ impl Client {
 
     pub async fn connect(&self) -> io::Result<Conn> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        self.wrap(tcp).await
+    }
+
+    /// A connection whose receive buffer is `bytes` (a client that reads slowly fills it fast).
+    pub async fn connect_with_receive_buffer(&self, bytes: u32) -> io::Result<Conn> {
+        let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))?;
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_recv_buffer_size(bytes)?;
+        let tcp = socket.connect(addr).await?;
+        self.wrap(tcp).await
+    }
+
+    async fn wrap(&self, tcp: TcpStream) -> io::Result<Conn> {
         tcp.set_nodelay(true)?;
         let io: Box<dyn Io> = match &self.tls {
             Some((connector, name)) => Box::new(connector.connect(name.clone(), tcp).await?),

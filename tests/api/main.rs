@@ -2,6 +2,9 @@
 //! way a thermostat drives it.
 
 mod bad_input;
+mod commands;
+mod control;
+mod events;
 mod helpers;
 mod pairing;
 mod persistence;
