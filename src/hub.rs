@@ -95,6 +95,16 @@ impl Hub {
         }
     }
 
+    /// Pushes buckets to the held subscribes of a serial without publishing a change (the
+    /// device's own write merged over server data it has not seen yet).
+    pub fn wake(&self, change: Arc<Change>) {
+        if let Ok(mut held) = self.held.lock() {
+            if let Some(list) = held.get_mut(&change.serial) {
+                list.retain(|h| h.tx.try_send(change.clone()).is_ok());
+            }
+        }
+    }
+
     pub fn feed(&self) -> broadcast::Receiver<Arc<Change>> {
         self.feed.subscribe()
     }

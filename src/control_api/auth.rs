@@ -49,10 +49,12 @@ fn is_public(path: &str) -> bool {
 
 fn presented_key(req: &ServiceRequest) -> Option<String> {
     let headers = req.headers();
-    if let Some(bearer) =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "))
-    {
-        return Some(bearer.to_string());
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some((scheme, token)) = authorization.and_then(|v| v.split_once(' ')) {
+        // The scheme name is case-insensitive (RFC 9110).
+        if scheme.eq_ignore_ascii_case("bearer") {
+            return Some(token.trim().to_string());
+        }
     }
     if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(key.to_string());

@@ -13,23 +13,33 @@ use serde_json::json;
 pub use status::status_object;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/health", web::get().to(health))
-        .route("/status", web::get().to(status::status))
-        .route("/api/devices", web::get().to(status::devices))
+    cfg.service(get("/health", health))
+        .service(get("/status", status::status))
+        .service(get("/api/devices", status::devices))
         .route("/command", web::post().to(command::command))
         .route("/notify-device", web::post().to(admin::notify_device))
-        .route("/api/schedule", web::get().to(status::schedule))
-        .route("/api/config", web::get().to(status::config))
-        .route("/api/stats", web::get().to(status::stats))
-        .route("/api/events", web::get().to(events::events))
-        .route("/api/events/stats", web::get().to(events::stats))
+        .service(get("/api/schedule", status::schedule))
+        .service(get("/api/config", status::config))
+        .service(get("/api/stats", status::stats))
+        .service(get("/api/events", events::events))
+        .service(get("/api/events/stats", events::stats))
         .route("/api/dismiss-pairing/{serial}", web::post().to(admin::dismiss_pairing))
         .route("/api/device", web::delete().to(admin::delete_device))
         .route("/api/register", web::post().to(registration::register))
-        .route("/api/registered-devices", web::get().to(registration::registered_devices))
+        .service(get("/api/registered-devices", registration::registered_devices))
         .route("/api/registered-devices/{serial}", web::delete().to(registration::unregister_device))
         .route("/api/ensure-user", web::post().to(registration::ensure_user))
         .route("/api/mqtt-config", web::post().to(registration::mqtt_config));
+}
+
+/// A GET route that also answers HEAD (health checks such as `wget --spider` send HEAD).
+pub fn get<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args> + Clone,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path).route(web::get().to(handler.clone())).route(web::head().to(handler))
 }
 
 async fn health() -> HttpResponse {

@@ -10,6 +10,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 
 use crate::AppState;
+use crate::control_api::get;
 use crate::domain::serial::{Identity, basic_credentials};
 use crate::domain::time::now_ms;
 use crate::error::ApiError;
@@ -19,26 +20,24 @@ pub use legacy::rewrite_legacy_path;
 pub(crate) use transport::pairing_buckets;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/info", web::get().to(entry::info))
-        .route("/nest/entry", web::get().to(entry::entry))
-        .route("/nest/entry", web::post().to(entry::entry))
-        .route("/nest/ping", web::get().to(entry::ping))
-        .route("/nest/passphrase", web::get().to(entry::passphrase))
-        .route("/nest/passphrase/status", web::get().to(entry::passphrase_status))
-        .route("/nest/pro_info", web::get().to(entry::pro_info))
-        .route("/nest/pro_info/{code}", web::get().to(entry::pro_info))
-        .route("/nest/transport", web::post().to(transport::subscribe))
+    cfg.service(get("/info", entry::info))
+        .service(get("/nest/entry", entry::entry).route(web::post().to(entry::entry)))
+        .service(get("/nest/ping", entry::ping))
+        .service(get("/nest/passphrase", entry::passphrase))
+        .service(get("/nest/passphrase/status", entry::passphrase_status))
+        .service(get("/nest/pro_info", entry::pro_info))
+        .service(get("/nest/pro_info/{code}", entry::pro_info))
         .route("/nest/transport/", web::post().to(transport::subscribe))
         .route("/nest/transport/subscribe", web::post().to(transport::subscribe))
         .route("/nest/transport/put", web::post().to(transport::put))
         .route("/nest/transport/{version}/subscribe", web::post().to(transport::subscribe))
         .route("/nest/transport/{version}/put", web::post().to(transport::put))
-        .route("/nest/transport", web::get().to(entry::ping))
-        .route("/nest/transport/device/{serial}", web::get().to(transport::listing))
-        .route("/nest/transport/{tail:.*}", web::get().to(transport::listing))
+        .service(get("/nest/transport", entry::ping).route(web::post().to(transport::subscribe)))
+        .service(get("/nest/transport/device/{serial}", transport::listing))
+        .service(get("/nest/transport/{tail:.*}", transport::listing))
         .route("/nest/upload", web::post().to(misc::upload))
-        .route("/nest/weather/v1", web::get().to(misc::weather))
-        .route("/nest/weather/{tail:.*}", web::get().to(misc::weather));
+        .service(get("/nest/weather/v1", misc::weather))
+        .service(get("/nest/weather/{tail:.*}", misc::weather));
 }
 
 /// The serial and Basic-auth password a request identifies itself with.

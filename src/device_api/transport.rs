@@ -288,27 +288,68 @@ pub async fn put(
     }
     arrived(&state, &caller).await?;
     let weave = weave_id(&req);
-    let ops: Vec<Op> = entries
-        .into_iter()
-        .filter_map(|e| {
-            let fields = e.value.filter(|v| !v.is_empty())?;
-            let acknowledges = fields.len() == 1 && fields.get("target_change_pending") == Some(&Value::Bool(false));
-            Some(if acknowledges && e.if_revision.is_none() {
-                Op::ClearPending { key: e.key }
-            } else {
-                Op::Merge { key: e.key, fields: with_weave(fields, &weave), if_revision: e.if_revision }
-            })
+    // Keys whose server copy is newer than the revision the device based its PUT on: a change
+    // (a command, pairing) it has not applied yet.
+    let mut behind: Vec<String> = Vec::new();
+    let applied = state
+        .store
+        .update(&caller.serial, Origin::Device, false, |current| {
+            let mut ops = Vec::new();
+            for e in entries {
+                let Some(fields) = e.value.filter(|v| !v.is_empty()) else { continue };
+                let server_revision = current.get(&e.key).map(|b| b.revision);
+                let stale = e.if_revision.is_none()
+                    && matches!((e.base_revision, server_revision), (Some(base), Some(server)) if base != server);
+                let acknowledges =
+                    fields.len() == 1 && fields.get("target_change_pending") == Some(&Value::Bool(false));
+                if stale {
+                    behind.push(e.key.clone());
+                }
+                ops.push(match (acknowledges, stale) {
+                    // Acknowledging an older push must not clear the flag of a newer one.
+                    (true, true) => Op::Merge { key: e.key, fields: Fields::new(), if_revision: None },
+                    (true, false) if e.if_revision.is_none() => Op::ClearPending { key: e.key },
+                    _ => Op::Merge { key: e.key, fields: with_weave(fields, &weave), if_revision: e.if_revision },
+                });
+            }
+            Ok::<_, std::convert::Infallible>(ops)
         })
-        .collect();
-    let applied = state.store.apply(&caller.serial, Origin::Device, false, ops).await?;
+        .await
+        .map_err(|e| match e {
+            crate::state::store::UpdateError::Store(s) => ApiError::from(s),
+            crate::state::store::UpdateError::Plan(never) => match never {},
+        })?;
     let objects: Vec<WireObject<'_>> = applied
         .written
         .iter()
         .map(|w| {
             let (rev, ts) = w.bucket.as_ref().map_or((0, 0), |b| (b.revision, b.timestamp));
+            if behind.contains(&w.key) {
+                // A receipt must not claim the device holds data it has not received: report a
+                // timestamp just below the server's, so the server's copy stays newer for it.
+                return WireObject::receipt(&w.key, rev, ts.saturating_sub(1));
+            }
             WireObject::receipt(&w.key, rev, ts)
         })
         .collect();
+    if !behind.is_empty() {
+        let buckets: Vec<(String, Arc<Bucket>)> = applied
+            .written
+            .iter()
+            .filter(|w| behind.contains(&w.key))
+            .filter_map(|w| w.bucket.clone().map(|b| (w.key.clone(), b)))
+            .collect();
+        tracing::info!(serial = %caller.serial, keys = ?behind, "device PUT based on an older revision; pushing the current buckets");
+        state.store.hub().wake(Arc::new(Change {
+            id: 0,
+            serial: caller.serial.clone(),
+            origin: Origin::Server,
+            buckets,
+            deleted: false,
+            event: None,
+            at_ms: crate::domain::time::now_ms(),
+        }));
+    }
     let conflicts = applied.written.iter().filter(|w| w.outcome == Outcome::Conflict).count();
     tracing::debug!(serial = %caller.serial, objects = objects.len(), conflicts, changed = applied.change.is_some(), "put");
     Ok(transport_ok(&state).content_type("application/json").body(objects_document(&objects)))

@@ -93,6 +93,15 @@ pub struct Entry {
     pub timestamp: i64,
     pub value: Option<Fields>,
     pub if_revision: Option<i64>,
+    /// The revision the device based a PUT on (`base_object_revision`).
+    pub base_revision: Option<i64>,
+}
+
+impl Entry {
+    /// The revision the device says it holds, if it says.
+    pub fn device_revision(&self) -> Option<i64> {
+        self.if_revision.or(self.base_revision)
+    }
 }
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -163,7 +172,7 @@ fn entry_from(obj: &Fields, inline_fields: bool, at: &str) -> Result<Option<Entr
     let revision = int("object_revision")?.unwrap_or(0);
     let timestamp = int("object_timestamp")?.unwrap_or(0);
     let if_revision = int("if_object_revision")?;
-    int("base_object_revision")?;
+    let base_revision = int("base_object_revision")?;
     let value = if inline_fields {
         let fields: Fields = obj
             .iter()
@@ -187,7 +196,7 @@ fn entry_from(obj: &Fields, inline_fields: bool, at: &str) -> Result<Option<Entr
             Some(_) => return Err(BodyError::BadEntry(format!("{at}.value must be an object"))),
         }
     };
-    Ok(Some(Entry { key, revision, timestamp, value, if_revision }))
+    Ok(Some(Entry { key, revision, timestamp, value, if_revision, base_revision }))
 }
 
 #[cfg(test)]

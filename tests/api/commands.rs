@@ -762,7 +762,6 @@ async fn commands_address_known_serials_only() {
 // Acknowledgements racing newer commands
 
 #[tokio::test]
-#[ignore = "bug: the ack of setpoint A clears pending on a newer setpoint B and its receipt hands the device B's rev/ts, so B never reaches it"]
 async fn a_setpoint_committed_before_the_previous_one_is_acknowledged_still_reaches_the_thermostat() {
     let app = TestApp::start(&[]).await;
     let t = app.booted(SERIAL).await;
