@@ -118,7 +118,7 @@ impl Application {
                 .configure(control_api::routes)
                 .default_service(web::to(not_found))
         })
-        .workers(1)
+        .workers(2)
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .h1_allow_half_closed(false)

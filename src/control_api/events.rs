@@ -416,6 +416,13 @@ impl Stream {
             if rendered.id <= self.replayed_up_to {
                 continue;
             }
+            // The common case, one plain message and nothing else queued: send the shared bytes.
+            if self.rx.is_empty() && rendered.named.is_none() {
+                if let Some(frame) = &rendered.message {
+                    self.count_sent(1);
+                    return Some((Ok(frame.clone()), self));
+                }
+            }
             let mut out = Vec::new();
             self.filter.write(&rendered, &mut out);
             let mut count = 1;
@@ -429,11 +436,14 @@ impl Stream {
             if out.is_empty() {
                 continue;
             }
-            self.registration.sent.fetch_add(count, Ordering::Relaxed);
-            self.total_sent.sent.fetch_add(count, Ordering::Relaxed);
-            self.keepalive.reset();
+            self.count_sent(count);
             return Some((Ok(Bytes::from(out)), self));
         }
+    }
+
+    fn count_sent(&mut self, events: u64) {
+        self.registration.sent.fetch_add(events, Ordering::Relaxed);
+        self.total_sent.sent.fetch_add(events, Ordering::Relaxed);
     }
 }
 

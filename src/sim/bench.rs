@@ -165,3 +165,119 @@ pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     drop(held);
     Ok(())
 }
+
+#[derive(Args)]
+pub struct SseArgs {
+    /// Device port URL (to create the thermostat that is commanded).
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    #[arg(long, default_value = "http://127.0.0.1:8082")]
+    pub control_url: String,
+    #[arg(long, default_value_t = 10_000)]
+    pub streams: usize,
+    #[arg(long, default_value_t = 20)]
+    pub commands: usize,
+    /// The server's process id, to report its memory per stream.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn command_request(serial: &str, target: f64) -> Request {
+    Request::post("/command").json(&json!({"serial": serial, "command": "set_temperature", "value": target}))
+}
+
+/// Fan-out latency from one command to many event streams, and command-to-held-subscribe latency.
+pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
+    let device = Client::new(&args.url)?;
+    let control = Client::new(&args.control_url)?;
+    let serial = sim_serial(1);
+    device.connect().await?.roundtrip(&put_request(&serial, 0)).await?;
+    // The first subscribe after a start carries user and structure; take it.
+    device.connect().await?.roundtrip(&held_subscribe(&serial, false)).await?;
+
+    // Command to held subscribe.
+    let mut to_subscribe = Vec::new();
+    for i in 0..args.commands {
+        let mut held = device.connect().await?;
+        held.send_request(&held_subscribe(&serial, true)).await?;
+        anyhow::ensure!(held.read_head().await?.status == 200, "subscribe refused");
+        let sent = Instant::now();
+        let r = control.send(&command_request(&serial, 15.0 + i as f64 / 10.0)).await?;
+        anyhow::ensure!(r.status() == 200, "command answered {}", r.status());
+        held.next_chunk_within(Duration::from_secs(5)).await?.context("no push")?;
+        to_subscribe.push(sent.elapsed());
+    }
+
+    let before = args.server_pid.map(rss_kib).transpose()?;
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(args.streams);
+    let mut tasks = Vec::with_capacity(args.streams);
+    for _ in 0..args.streams {
+        let (control, ready_tx, expected) = (control.clone(), ready_tx.clone(), args.commands);
+        tasks.push(tokio::spawn(async move {
+            let mut conn = control.connect().await?;
+            conn.send_request(&Request::get("/api/events")).await?;
+            anyhow::ensure!(conn.read_head().await?.status == 200, "stream refused");
+            let _ = ready_tx.send(()).await;
+            let mut arrivals = Vec::with_capacity(expected);
+            while arrivals.len() < expected {
+                let Some(chunk) = conn.next_chunk_within(Duration::from_secs(30)).await? else { break };
+                let now = Instant::now();
+                let events = chunk.windows(5).filter(|w| w == b"data:").count();
+                arrivals.extend(std::iter::repeat_n(now, events));
+            }
+            anyhow::Ok(arrivals)
+        }));
+    }
+    drop(ready_tx);
+    for _ in 0..args.streams {
+        ready_rx.recv().await.context("a stream failed to open")?;
+    }
+    let after = args.server_pid.map(rss_kib).transpose()?;
+    let mut sent_at = Vec::with_capacity(args.commands);
+    for i in 0..args.commands {
+        sent_at.push(Instant::now());
+        let r = control.send(&command_request(&serial, 20.0 + i as f64 / 10.0)).await?;
+        anyhow::ensure!(r.status() == 200, "command answered {}", r.status());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let mut fan_out = Vec::with_capacity(args.streams * args.commands);
+    for t in tasks {
+        let arrivals = t.await.context("stream task")??;
+        for (k, at) in arrivals.iter().enumerate().take(sent_at.len()) {
+            fan_out.push(at.saturating_duration_since(sent_at[k]));
+        }
+    }
+    fan_out.sort();
+    to_subscribe.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "bench-sse: {} streams x {} commands ({} deliveries): fan-out p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        args.streams,
+        args.commands,
+        fan_out.len(),
+        ms(percentile(&fan_out, 0.5)),
+        ms(percentile(&fan_out, 0.99)),
+        ms(percentile(&fan_out, 1.0)),
+    );
+    println!(
+        "bench-sse: command to held subscribe ({} samples): p50 {:.1} ms, p99 {:.1} ms",
+        to_subscribe.len(),
+        ms(percentile(&to_subscribe, 0.5)),
+        ms(percentile(&to_subscribe, 0.99)),
+    );
+    if let (Some(before), Some(after)) = (before, after) {
+        println!(
+            "bench-sse: server RSS {before} KiB -> {after} KiB with the streams open: {:.2} KiB per stream",
+            after.saturating_sub(before) as f64 / args.streams as f64
+        );
+    }
+    Ok(())
+}

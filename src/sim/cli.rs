@@ -32,6 +32,8 @@ pub enum SimMode {
     BenchPut(bench::PutArgs),
     /// Memory per held subscribe: opens many subscribes and reads the server's RSS.
     BenchHold(bench::HoldArgs),
+    /// Event-stream fan-out latency to many streams, and command-to-subscribe latency.
+    BenchSse(bench::SseArgs),
 }
 
 pub fn sim_serial(i: usize) -> String {
@@ -43,6 +45,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         SimMode::Run { url, count } => run_fleet(&url, count).await,
         SimMode::BenchPut(a) => bench::put(a).await,
         SimMode::BenchHold(a) => bench::hold(a).await,
+        SimMode::BenchSse(a) => bench::sse(a).await,
     }
 }
 

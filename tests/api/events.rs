@@ -301,3 +301,23 @@ async fn a_client_that_does_not_read_is_cut_off_and_can_resume() {
     }
     panic!("the stuck client was never cut off");
 }
+
+#[tokio::test]
+async fn with_an_api_key_the_stream_takes_it_in_all_three_forms() {
+    let app = TestApp::start(&["--control-api-key=s3cret"]).await;
+    let r = app.control.send(&Request::get("/api/events")).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app.control.send(&Request::get("/api/events?token=wrong")).await.unwrap();
+    assert_eq!(r.status(), 401);
+    for req in [
+        Request::get("/api/events?token=s3cret"),
+        Request::get("/api/events").header("Authorization", "Bearer s3cret"),
+        Request::get("/api/events").header("X-API-Key", "s3cret"),
+    ] {
+        let mut conn = app.control.connect().await.unwrap();
+        conn.send_request(&req).await.unwrap();
+        let head = conn.read_head().await.unwrap();
+        assert_eq!(head.status, 200, "{req:?}");
+        assert_eq!(head.header("content-type"), Some("text/event-stream"));
+    }
+}
