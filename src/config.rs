@@ -45,6 +45,15 @@ pub struct Config {
     #[arg(long, env = "WEATHER_CACHE_TTL_MS", value_name = "WEATHER_CACHE_TTL_MS", default_value_t = 600_000)]
     pub weather_cache_ttl_ms: u64,
 
+    /// Where weather is fetched from (the firmware's own weather service by default).
+    #[arg(
+        long,
+        env = "WEATHER_UPSTREAM_URL",
+        value_name = "WEATHER_UPSTREAM_URL",
+        default_value = "https://weather.nest.com/weather/v1"
+    )]
+    pub weather_upstream_url: String,
+
     #[arg(long, env = "MAX_SUBSCRIPTIONS_PER_DEVICE", value_name = "MAX_SUBSCRIPTIONS_PER_DEVICE", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=1000))]
     pub max_subscriptions_per_device: u64,
@@ -172,6 +181,8 @@ impl Config {
             });
         }
         origin_parts(&self.api_origin).map_err(|message| ConfigError { name: "API_ORIGIN", message })?;
+        origin_parts(&self.weather_upstream_url)
+            .map_err(|message| ConfigError { name: "WEATHER_UPSTREAM_URL", message })?;
         if !self.sse_keepalive_seconds.is_finite() || self.sse_keepalive_seconds <= 0.0 {
             return Err(ConfigError {
                 name: "SSE_KEEPALIVE_SECONDS",

@@ -1,9 +1,9 @@
-//! Log upload and weather.
+//! Log upload.
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::json;
 
-use super::{Gated, admit, identify, query_param};
+use super::{Gated, admit, identify};
 use crate::AppState;
 use crate::body::{MAX_BODY, read_truncated};
 use crate::error::ApiError;
@@ -40,32 +40,4 @@ pub async fn upload(
         tracing::warn!(bytes_limit = MAX_BODY, "device log upload too large, discarded");
     }
     Ok(HttpResponse::Ok().json(json!({"status": "ok"})))
-}
-
-/// The weather the thermostat shows. Served from the `weather` table cache; with no cached
-/// entry for the location the answer is the reference's 502.
-pub async fn weather(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let query = query_param(&req, "query");
-    let (postal, country) = match &query {
-        Some(q) => match q.split_once(',') {
-            Some((p, c)) => (p.trim().to_string(), c.trim().to_string()),
-            None => (q.trim().to_string(), "US".to_string()),
-        },
-        None => (
-            query_param(&req, "postal_code").unwrap_or_else(|| "ip".into()),
-            query_param(&req, "country").unwrap_or_else(|| "auto".into()),
-        ),
-    };
-    let cached: Option<String> = sqlx::query_scalar(
-        "SELECT data FROM weather WHERE \"postalCode\" = ? AND country = ? ORDER BY \"fetchedAt\" DESC LIMIT 1",
-    )
-    .bind(&postal)
-    .bind(&country)
-    .fetch_optional(state.store.pool())
-    .await?
-    .flatten();
-    match cached.and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok()) {
-        Some(data) => Ok(HttpResponse::Ok().json(data)),
-        None => Err(ApiError::new(actix_web::http::StatusCode::BAD_GATEWAY, "Weather service unavailable")),
-    }
 }

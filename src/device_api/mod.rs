@@ -5,6 +5,7 @@ mod entry;
 mod legacy;
 mod misc;
 mod transport;
+mod weather;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
@@ -36,8 +37,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get("/nest/transport/device/{serial}", transport::listing))
         .service(get("/nest/transport/{tail:.*}", transport::listing))
         .route("/nest/upload", web::post().to(misc::upload))
-        .service(get("/nest/weather/v1", misc::weather))
-        .service(get("/nest/weather/{tail:.*}", misc::weather));
+        .service(get("/nest/weather/v1", weather::weather))
+        .service(get("/nest/weather/{tail:.*}", weather::weather));
 }
 
 /// The serial and Basic-auth password a request identifies itself with.

@@ -5,6 +5,6 @@
 pub mod bench;
 pub mod cli;
 pub mod device;
-pub mod http;
 
+pub use crate::http_client as http;
 pub use device::{Thermostat, ThermostatState};

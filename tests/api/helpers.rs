@@ -49,7 +49,12 @@ impl TestApp {
             "--control-port=0".into(),
             format!("--sqlite3-db-path={}", db_path.display()),
         ];
-        for (flag, default) in [("--server-port", "0"), ("--api-origin", "http://127.0.0.1")] {
+        // Port 9 (discard) refuses at once: tests never reach out to the real weather service.
+        for (flag, default) in [
+            ("--server-port", "0"),
+            ("--api-origin", "http://127.0.0.1"),
+            ("--weather-upstream-url", "http://127.0.0.1:9/weather/v1"),
+        ] {
             if !extra.iter().any(|a| a.starts_with(flag)) {
                 args.push(format!("{flag}={default}"));
             }

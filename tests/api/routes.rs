@@ -1,5 +1,9 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use roost::sim::http::Request;
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::*;
 
@@ -71,10 +75,69 @@ async fn device_logs_are_stored_when_enabled() {
     assert_eq!(content, b"hello log");
 }
 
+/// A stand-in for the weather service: answers `{"<query>": {...}}` and counts requests.
+async fn fake_weather() -> (String, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/weather/v1", listener.local_addr().unwrap());
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let mut buf = vec![0u8; 4096];
+            let n = socket.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let query =
+                head.split_whitespace().nth(1).and_then(|p| p.split_once("?query=")).map(|(_, q)| q.to_string());
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = json!({ query.unwrap_or_default(): {"current": {"temp_c": 10.6}, "location": {"zip": "07719"}}})
+                .to_string();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = socket.write_all(reply.as_bytes()).await;
+        }
+    });
+    (url, hits, task)
+}
+
 #[tokio::test]
-async fn weather_without_a_cached_forecast_is_the_reference_502() {
-    let app = TestApp::start(&[]).await;
+async fn weather_is_proxied_and_cached_per_location() {
+    let (url, hits, upstream) = fake_weather().await;
+    let app = TestApp::start(&[&format!("--weather-upstream-url={url}")]).await;
+    let get = |q: &str| Request::get(&format!("/nest/weather/v1?query={q}"));
+    let r = app.device.send(&get("07719,US")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json().unwrap()["07719,US"]["current"]["temp_c"], json!(10.6));
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let r = app.device.send(&get("07719,US")).await.unwrap();
+    assert_eq!(r.json().unwrap()["07719,US"]["location"]["zip"], "07719");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "served from the cache");
+    let r = app.device.send(&get("94103,US")).await.unwrap();
+    assert!(r.json().unwrap().get("94103,US").is_some(), "each location has its own forecast");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    upstream.abort();
+}
+
+#[tokio::test]
+async fn stale_weather_when_the_upstream_is_down_and_the_reference_502_without_any() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, _hits, upstream) = fake_weather().await;
+    let app = TestApp::start_in(
+        tmp.path().to_path_buf(),
+        &[&format!("--weather-upstream-url={url}"), "--weather-cache-ttl-ms=0"],
+    )
+    .await;
+    let r = app.device.send(&Request::get("/weather/v1?query=07719,US")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    upstream.abort();
+    let _ = upstream.await;
+    // Expired and the upstream is gone: the stale copy is better than nothing.
     let r = app.device.send(&Request::get("/nest/weather/v1?query=07719,US")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.json().unwrap().get("07719,US").is_some());
+    let r = app.device.send(&Request::get("/nest/weather/v1?query=10001,US")).await.unwrap();
     assert_eq!(r.status(), 502);
     assert_eq!(r.json().unwrap(), json!({"error": "Weather service unavailable"}));
 }

@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 client that shows what a thermostat sees: the response head as soon as it
-//! arrives, and the body chunk by chunk (chunk boundaries matter in this protocol).
+//! arrives, and the body chunk by chunk (chunk boundaries matter in this protocol). The
+//! simulator, the benchmarks and the weather proxy use it.
 
 use std::io;
 use std::sync::Arc;
@@ -34,6 +35,16 @@ impl Client {
             return Err(invalid("https needs a TLS configuration: use Client::with_tls"));
         }
         Ok(Self { host, port, tls: None })
+    }
+
+    /// A client for `base_url`, HTTPS with `tls` when the scheme asks for it.
+    pub fn for_url(base_url: &str, tls: impl FnOnce() -> Arc<rustls::ClientConfig>) -> io::Result<Self> {
+        let parts = crate::config::origin_parts(base_url).map_err(invalid)?;
+        if parts.https {
+            let host = parts.host.trim_start_matches('[').trim_end_matches(']').to_string();
+            return Self::with_tls(base_url, tls(), &host);
+        }
+        Self::new(base_url)
     }
 
     /// An HTTPS client trusting `config`'s roots; `server_name` is checked against the certificate.

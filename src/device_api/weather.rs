@@ -1,0 +1,161 @@
+//! Weather for the thermostat's display: proxied from the Nest weather service (or
+//! `WEATHER_UPSTREAM_URL`), cached per location in the `weather` table, and served stale when the
+//! upstream is unreachable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use serde_json::Value;
+
+use super::query_param;
+use crate::AppState;
+use crate::domain::time::now_ms;
+use crate::error::ApiError;
+use crate::http_client::{Client, Request};
+
+/// The device gives up on a non-chunked reply after about 7 s.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The location a request asks about: `?query=<zip>,<country>` as the firmware sends it, or
+/// the reference's `postal_code` / `country` parameters.
+fn location(req: &HttpRequest) -> (String, String) {
+    match query_param(req, "query") {
+        Some(q) => match q.split_once(',') {
+            Some((p, c)) => (p.trim().to_string(), c.trim().to_string()),
+            None => (q.trim().to_string(), String::new()),
+        },
+        None => (
+            query_param(req, "postal_code").unwrap_or_else(|| "ip".into()),
+            query_param(req, "country").unwrap_or_else(|| "auto".into()),
+        ),
+    }
+}
+
+pub async fn weather(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (postal, country) = location(&req);
+    let pool = state.store.pool();
+    let cached: Option<(i64, Option<String>)> =
+        sqlx::query_as("SELECT \"fetchedAt\", data FROM weather WHERE \"postalCode\" = ? AND country = ?")
+            .bind(&postal)
+            .bind(&country)
+            .fetch_optional(pool)
+            .await?;
+    let cached = cached.and_then(|(at, data)| Some((at, serde_json::from_str::<Value>(&data?).ok()?)));
+    if let Some((at, data)) = &cached {
+        if now_ms() - at < state.config.weather_cache_ttl_ms as i64 {
+            return Ok(HttpResponse::Ok().json(data));
+        }
+    }
+    match fetch(&state.config.weather_upstream_url, req.query_string()).await {
+        Ok(data) => {
+            sqlx::query(
+                "INSERT INTO weather (\"postalCode\", country, \"fetchedAt\", data) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (\"postalCode\", country) DO UPDATE SET \"fetchedAt\" = excluded.\"fetchedAt\", data = excluded.data",
+            )
+            .bind(&postal)
+            .bind(&country)
+            .bind(now_ms())
+            .bind(data.to_string())
+            .execute(pool)
+            .await?;
+            Ok(HttpResponse::Ok().json(data))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, postal = %postal, "weather upstream unavailable");
+            match cached {
+                Some((_, stale)) => Ok(HttpResponse::Ok().json(stale)),
+                None => Err(ApiError::new(StatusCode::BAD_GATEWAY, "Weather service unavailable")),
+            }
+        }
+    }
+}
+
+async fn fetch(upstream: &str, query: &str) -> std::io::Result<Value> {
+    let (origin, path) = split_url(upstream);
+    let client = Client::for_url(origin, trust_any_server)?;
+    let target = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
+    let request = Request::get(&target).header("Accept", "application/json").header("Connection", "close");
+    let response = tokio::time::timeout(UPSTREAM_TIMEOUT, client.send(&request))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "weather upstream timed out"))??;
+    if response.status() != 200 {
+        return Err(std::io::Error::other(format!("weather upstream answered {}", response.status())));
+    }
+    response.json()
+}
+
+/// `https://host:port/path` → (`https://host:port`, `/path`).
+fn split_url(url: &str) -> (&str, &str) {
+    let after_scheme = url.find("://").map_or(0, |i| i + 3);
+    match url[after_scheme..].find('/') {
+        Some(i) => url.split_at(after_scheme + i),
+        None => (url, "/"),
+    }
+}
+
+/// The Nest weather service presents a certificate from Nest's private CA, which no public
+/// trust store holds; the data is display-only, so the connection is encrypted but not verified.
+fn trust_any_server() -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(AnyServer(provider))).with_no_client_auth());
+    Arc::new(config.unwrap_or_else(|_| {
+        rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
+    }))
+}
+
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_url;
+
+    #[test]
+    fn urls_split_into_origin_and_path() {
+        assert_eq!(split_url("https://weather.nest.com/weather/v1"), ("https://weather.nest.com", "/weather/v1"));
+        assert_eq!(split_url("http://127.0.0.1:9/"), ("http://127.0.0.1:9", "/"));
+        assert_eq!(split_url("http://127.0.0.1:9"), ("http://127.0.0.1:9", "/"));
+    }
+}
