@@ -29,6 +29,10 @@ pub struct ThermostatState {
     /// Subscribes completed (each ended by the server).
     pub subscribes: u64,
     pub last_error: Option<String>,
+    /// The server's `X-nl-defer-device-window`: how long local changes wait before a PUT.
+    pub defer_window: Duration,
+    /// Until when `X-nl-disable-defer-window` asks for changes to go out at once.
+    pub defer_disabled_until: Option<tokio::time::Instant>,
 }
 
 impl ThermostatState {
@@ -239,7 +243,36 @@ impl Thermostat {
         let mut conn = self.client.connect().await?;
         conn.send_request(&req).await?;
         let head = conn.read_head().await?;
+        self.note_timing(&head);
         Ok((conn, head))
+    }
+
+    /// Remembers the timing hints the server sends with transport replies.
+    fn note_timing(&self, head: &Head) {
+        let seconds = |name: &str| head.header(name).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_secs);
+        let mut s = lock(&self.state);
+        if let Some(window) = seconds("x-nl-defer-device-window") {
+            s.defer_window = window;
+        }
+        if let Some(disable) = seconds("x-nl-disable-defer-window") {
+            s.defer_disabled_until = Some(tokio::time::Instant::now() + disable);
+        }
+    }
+
+    /// Someone turned the dial: like the firmware, the change waits out the defer window
+    /// (batching further turns) unless the server asked for immediate confirmation.
+    pub fn turn_dial(&self, key_type: &str, fields: Value) -> tokio::task::JoinHandle<io::Result<Value>> {
+        let me = self.clone();
+        let key_type = key_type.to_string();
+        tokio::spawn(async move {
+            let wait = {
+                let s = lock(&me.state);
+                let disabled = s.defer_disabled_until.is_some_and(|until| until > tokio::time::Instant::now());
+                if disabled { Duration::ZERO } else { s.defer_window }
+            };
+            tokio::time::sleep(wait).await;
+            me.set_local(&key_type, fields).await
+        })
     }
 
     /// Applies one chunk of pushed objects; acknowledges a pushed setpoint as the firmware does.

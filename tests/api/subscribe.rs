@@ -275,3 +275,20 @@ async fn all_subscribe_paths_and_the_named_bucket_form_work() {
     let legacy = app.device.send(&Request::get(&format!("/czfe/v5/device/{SERIAL}"))).await.unwrap();
     assert!(keys_of(&legacy.json().unwrap()).contains(&shared()));
 }
+
+#[tokio::test]
+async fn the_simulator_defers_local_changes_as_the_server_asks() {
+    let app = TestApp::start(&["--defer-device-window=2"]).await;
+    let t = app.booted(SERIAL).await;
+    assert_eq!(t.state().defer_window, Duration::from_secs(2));
+    let turned = t.turn_dial("shared", json!({"target_temperature": 18.5}));
+    let list = device_req("GET", &format!("/nest/transport/device/{SERIAL}"), SERIAL);
+    let before = app.device.send(&list).await.unwrap().json().unwrap();
+    turned.await.unwrap().unwrap();
+    let after = app.device.send(&list).await.unwrap().json().unwrap();
+    assert_ne!(before, after, "the change reached the server only after the defer window");
+    let (mut conn, head) = open_subscribe(&app.device, SERIAL, listing(&[(&shared(), 0, 0)])).await;
+    assert_eq!(head.header("x-nl-defer-device-window"), Some("2"));
+    let doc = chunk_json(&conn.next_chunk_within(WAIT).await.unwrap().unwrap());
+    assert_eq!(doc["objects"][0]["value"]["target_temperature"], json!(18.5));
+}
