@@ -2,7 +2,7 @@
 //! the web UI. The plan is computed under the serial's write lock from the stored buckets, so
 //! the checks (bounds, low < high) hold for the values actually written.
 
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use serde_json::{Map, Value, json};
 
@@ -48,7 +48,8 @@ pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Val
     // A device without an owner keeps its structure as `structure.default`.
     let structure =
         state.pairing.owner(&serial).map_or_else(|| "default".to_string(), |o| structure_id(&o).to_string());
-    let planned: RefCell<Option<(String, Map<String, Value>)>> = RefCell::new(None);
+    // Written by the planning closure, read by the event closure and the reply.
+    let planned: Mutex<Option<(String, Map<String, Value>)>> = Mutex::new(None);
     let result = state
         .store
         .update_with_event(
@@ -73,7 +74,7 @@ pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Val
                     .into_iter()
                     .map(|w| {
                         let key = w.target.key(&serial, &structure);
-                        let mut first = planned.borrow_mut();
+                        let mut first = planned.lock().unwrap_or_else(|p| p.into_inner());
                         if first.is_none() {
                             *first = Some((key.clone(), w.fields.clone()));
                         }
@@ -87,7 +88,7 @@ pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Val
                 Ok(ops)
             },
             |_| {
-                let first = planned.borrow();
+                let first = planned.lock().unwrap_or_else(|p| p.into_inner());
                 let (object_key, values) = first.as_ref()?;
                 Some(Event {
                     kind: "command",
@@ -101,7 +102,7 @@ pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Val
         Err(UpdateError::Plan(e)) => return Err(e),
         Err(UpdateError::Store(e)) => return Err(ExecError::Store(e)),
     }
-    let (object_key, values) = planned.into_inner().unwrap_or_default();
+    let (object_key, values) = planned.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or_default();
     tracing::info!(%serial, command = name, key = %object_key, "command applied");
     Ok(Executed { serial, object_key, values })
 }

@@ -11,6 +11,7 @@ pub mod domain;
 pub mod error;
 pub mod http_client;
 pub mod hub;
+pub mod mqtt;
 pub mod server;
 pub mod sim;
 pub mod state;
@@ -62,6 +63,7 @@ pub struct AppState {
     pub availability: Arc<Availability>,
     pub shutdown: CancellationToken,
     pub events: Arc<control_api::events::EventStreams>,
+    pub mqtt: mqtt::SharedStatus,
     /// Serials that received their structure bucket since this process started: the first
     /// subscribe after a start always gets it, because the device may have reset its mode while
     /// its cached timestamp survived in flash.

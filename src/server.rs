@@ -73,6 +73,7 @@ impl Application {
             availability: Arc::new(Availability::new((config.availability_timeout_seconds * 1000.0) as i64)),
             shutdown,
             events,
+            mqtt: Default::default(),
             structure_sent: Mutex::new(HashSet::new()),
         });
 
@@ -183,6 +184,11 @@ impl Application {
     /// in-flight requests finish, and the database is closed.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.spawn_availability_watch();
+        let mqtt = match crate::mqtt::Settings::from_config(&self.state.config) {
+            Some(settings) => Some(settings),
+            None => crate::mqtt::Settings::from_database(self.state.store.pool()).await,
+        }
+        .map(|settings| crate::mqtt::spawn(self.state.clone(), settings));
         let device_handle = self.device_server.handle();
         let control_handle = self.control_server.handle();
         let device = tokio::spawn(self.device_server);
@@ -197,6 +203,9 @@ impl Application {
         token.cancel();
         tracing::info!("shutting down");
         tokio::join!(device_handle.stop(true), control_handle.stop(true));
+        if let Some(mqtt) = mqtt {
+            let _ = tokio::time::timeout(Duration::from_secs(2), mqtt).await;
+        }
         self.state.store.pool().close().await;
         Ok(())
     }

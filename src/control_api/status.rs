@@ -279,5 +279,6 @@ pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
         "subscriptions": {"total_subscriptions": held, "devices_with_subscriptions": with_held},
         "availability": availability,
         "events": state.events.stats(),
+        "mqtt": state.mqtt.lock().map(|s| s.to_json()).unwrap_or_default(),
     }))
 }

@@ -6,6 +6,7 @@ mod commands;
 mod control;
 mod events;
 mod helpers;
+mod mqtt;
 mod pairing;
 mod persistence;
 mod put;

@@ -1,0 +1,448 @@
+//! MQTT: each thermostat published to a broker for Home Assistant (discovery, state topics,
+//! availability) and for the raw-topic clients of the reference, and commands taken back
+//! through the shared command module. The broker being down never slows the device port:
+//! publishing runs off the request path, and what waits for the broker is one latest value
+//! per topic.
+
+mod commands;
+pub mod topics;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::web;
+use indexmap::IndexMap;
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::domain::time::now_s;
+use crate::state::pairing::structure_id;
+use crate::state::{Change, Origin};
+use crate::{AppState, Config};
+use topics::{Naming, View};
+
+/// Where the broker is and what to publish.
+#[derive(Clone)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub naming: Naming,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password is never logged.
+        f.debug_struct("Settings").field("host", &self.host).field("port", &self.port).field("tls", &self.tls).finish()
+    }
+}
+
+impl Settings {
+    /// From `MQTT_HOST` (a host name, or `mqtt://` / `mqtts://` URL) and the other `MQTT_*`.
+    pub fn from_config(c: &Config) -> Option<Self> {
+        let host = c.mqtt_host.as_deref().map(str::trim).filter(|h| !h.is_empty())?;
+        let (tls, rest) = match host.split_once("://") {
+            Some(("mqtts", rest)) => (true, rest),
+            Some((_, rest)) => (false, rest),
+            None => (false, host),
+        };
+        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse().unwrap_or(c.mqtt_port)),
+            _ => (rest.trim_end_matches('/').to_string(), c.mqtt_port),
+        };
+        Some(Self {
+            host,
+            port,
+            tls,
+            username: c.mqtt_user.clone().filter(|u| !u.is_empty()),
+            password: c.mqtt_password.clone().filter(|p| !p.is_empty()),
+            naming: Naming {
+                prefix: c.mqtt_topic_prefix.clone(),
+                discovery: c.mqtt_discovery_prefix.clone(),
+                publish_raw: true,
+                ha_discovery: true,
+            },
+        })
+    }
+
+    /// From an enabled `integrations` row written by `POST /api/mqtt-config`.
+    pub async fn from_database(pool: &sqlx::SqlitePool) -> Option<Self> {
+        let config: Option<String> = sqlx::query_scalar(
+            "SELECT config FROM integrations WHERE type = 'mqtt' AND enabled = 1 ORDER BY \"updatedAt\" DESC LIMIT 1",
+        )
+        .fetch_optional(pool)
+        .await
+        .ok()
+        .flatten()
+        .flatten();
+        let v: Value = serde_json::from_str(&config?).ok()?;
+        let url = v["brokerUrl"].as_str()?;
+        let (tls, rest) = match url.split_once("://") {
+            Some(("mqtts", rest)) => (true, rest),
+            Some((_, rest)) => (false, rest),
+            None => (false, url),
+        };
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(default_port)),
+            None => (rest.trim_end_matches('/').to_string(), default_port),
+        };
+        let text = |k: &str, d: &str| v[k].as_str().unwrap_or(d).to_string();
+        Some(Self {
+            host,
+            port,
+            tls,
+            username: v["username"].as_str().map(String::from),
+            password: v["password"].as_str().map(String::from),
+            naming: Naming {
+                prefix: text("topicPrefix", "nolongerevil"),
+                discovery: text("discoveryPrefix", "homeassistant"),
+                publish_raw: v["publishRaw"].as_bool().unwrap_or(true),
+                ha_discovery: v["homeAssistantDiscovery"].as_bool().unwrap_or(true),
+            },
+        })
+    }
+}
+
+/// What `/api/stats` reports about MQTT.
+#[derive(Debug, Default, Clone)]
+pub struct Status {
+    pub enabled: bool,
+    pub connected: bool,
+    pub published: u64,
+    pub commands: u64,
+    pub rejected: u64,
+    pub connects: u64,
+    pub last_error: Option<String>,
+}
+
+impl Status {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "enabled": self.enabled, "connected": self.connected, "messages_published": self.published,
+            "commands_received": self.commands, "commands_rejected": self.rejected, "connections": self.connects,
+            "last_error": self.last_error,
+        })
+    }
+}
+
+pub type SharedStatus = Arc<Mutex<Status>>;
+
+fn update(status: &SharedStatus, f: impl FnOnce(&mut Status)) {
+    if let Ok(mut s) = status.lock() {
+        f(&mut s);
+    }
+}
+
+enum Link {
+    Up,
+    Down(String),
+}
+
+/// Starts the MQTT bridge; returns when it has stopped (at shutdown).
+pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::JoinHandle<()> {
+    update(&state.mqtt, |s| s.enabled = true);
+    tracing::info!(host = %settings.host, port = settings.port, tls = settings.tls, prefix = %settings.naming.prefix, "MQTT enabled");
+    let mut options = MqttOptions::new(format!("roost-{}", std::process::id()), settings.host.clone(), settings.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_max_packet_size(1024 * 1024, 1024 * 1024);
+    options.set_last_will(LastWill::new(settings.naming.bridge_availability(), "offline", QoS::AtLeastOnce, true));
+    if let (Some(user), password) = (&settings.username, &settings.password) {
+        options.set_credentials(user.clone(), password.clone().unwrap_or_default());
+    }
+    if settings.tls {
+        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls_config()))));
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    let (link_tx, mut link_rx) = mpsc::channel::<Link>(16);
+    let (command_tx, command_rx) = mpsc::channel::<(String, String)>(256);
+    let shutdown = state.shutdown.clone();
+
+    // The connection: rumqttc reconnects on the next poll after an error; the backoff is ours.
+    let connection = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let event = tokio::select! {
+                    e = eventloop.poll() => e,
+                    _ = shutdown.cancelled() => {
+                        // Let the last will's counterpart (`offline`) and the disconnect go out.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async { while eventloop.poll().await.is_ok() {} }).await;
+                        break;
+                    }
+                };
+                match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        backoff = Duration::from_millis(500);
+                        let _ = link_tx.send(Link::Up).await;
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let payload = String::from_utf8_lossy(&p.payload).to_string();
+                        if command_tx.try_send((p.topic.clone(), payload)).is_err() {
+                            tracing::warn!(topic = %p.topic, "MQTT command queue full; command dropped");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = link_tx.send(Link::Down(e.to_string())).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = shutdown.cancelled() => break,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    });
+    tokio::spawn(run_commands(state.clone(), settings.naming.prefix.clone(), command_rx));
+
+    let feed = state.store.hub().feed();
+    tokio::spawn(async move {
+        let mut publisher = Publisher::new(settings.naming.clone(), state.clone());
+        publisher.run(&client, feed, &mut link_rx).await;
+        let _ = client.try_publish(settings.naming.bridge_availability(), QoS::AtLeastOnce, true, "offline");
+        let _ = client.try_disconnect();
+        let _ = connection.await;
+    })
+}
+
+/// Trust for `mqtts://`: the system's CA bundle.
+fn tls_config() -> rustls::ClientConfig {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for bundle in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"] {
+        if let Ok(certs) = CertificateDer::pem_file_iter(bundle) {
+            for cert in certs.flatten() {
+                let _ = roots.add(cert);
+            }
+            break;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots.clone()).with_no_client_auth())
+        .unwrap_or_else(|_| rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
+}
+
+async fn run_commands(state: web::Data<AppState>, prefix: String, mut rx: mpsc::Receiver<(String, String)>) {
+    while let Some((topic, payload)) = rx.recv().await {
+        update(&state.mqtt, |s| s.commands += 1);
+        let parsed = commands::parse(&prefix, &topic, &payload);
+        let outcome = match parsed {
+            Ok((serial, name, value)) => {
+                crate::commands::execute(&state, &serial, name, &value).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => tracing::info!(%topic, "MQTT command applied"),
+            Err(reason) => {
+                update(&state.mqtt, |s| s.rejected += 1);
+                // A bad payload is logged and ignored; the next message is handled as usual.
+                tracing::warn!(%topic, payload = %payload.chars().take(100).collect::<String>(), %reason, "MQTT command ignored");
+            }
+        }
+    }
+}
+
+/// Decides what to publish and holds what is waiting for the broker.
+struct Publisher {
+    naming: Naming,
+    state: web::Data<AppState>,
+    /// What the broker holds (retained), per topic.
+    published: HashMap<String, String>,
+    /// Waiting to go out; latest value per topic wins.
+    pending: IndexMap<String, (String, QoS)>,
+    signatures: HashMap<String, String>,
+    connected: bool,
+}
+
+impl Publisher {
+    fn new(naming: Naming, state: web::Data<AppState>) -> Self {
+        Self {
+            naming,
+            state,
+            published: HashMap::new(),
+            pending: IndexMap::new(),
+            signatures: HashMap::new(),
+            connected: false,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        client: &AsyncClient,
+        mut feed: broadcast::Receiver<Arc<Change>>,
+        link: &mut mpsc::Receiver<Link>,
+    ) {
+        let shutdown = self.state.shutdown.clone();
+        let mut retry = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                l = link.recv() => match l {
+                    Some(Link::Up) => self.connected(client).await,
+                    Some(Link::Down(e)) => {
+                        if self.connected {
+                            tracing::warn!(error = %e, "MQTT broker connection lost; retrying with backoff");
+                        }
+                        self.connected = false;
+                        update(&self.state.mqtt, |s| { s.connected = false; s.last_error = Some(e); });
+                    }
+                    None => return,
+                },
+                c = feed.recv() => match c {
+                    Ok(change) => self.on_change(&change),
+                    // Fell behind the change feed: republish everything (latest values win).
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.queue_everything(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = retry.tick() => {}
+            }
+            self.flush(client);
+        }
+    }
+
+    async fn connected(&mut self, client: &AsyncClient) {
+        self.connected = true;
+        update(&self.state.mqtt, |s| {
+            s.connected = true;
+            s.connects += 1;
+        });
+        tracing::info!("MQTT connected; subscribing and announcing every thermostat");
+        if let Err(e) = client.subscribe(format!("{}/+/+/+/set", self.naming.prefix), QoS::AtLeastOnce).await {
+            tracing::warn!(error = %e, "MQTT subscribe failed");
+        }
+        self.queue_everything();
+    }
+
+    /// After every (re)connect: the broker may have lost its retained messages.
+    fn queue_everything(&mut self) {
+        self.published.clear();
+        self.signatures.clear();
+        self.queue(self.naming.bridge_availability(), "online".into(), QoS::AtLeastOnce);
+        let serials = self.state.store.serials();
+        for serial in serials {
+            self.announce(&serial);
+        }
+    }
+
+    fn structure_key(&self, serial: &str) -> String {
+        let owner = self.state.pairing.owner(serial);
+        format!("structure.{}", owner.as_deref().map_or("default", structure_id))
+    }
+
+    /// Everything for one thermostat: discovery (when it changed), availability, raw and HA state.
+    fn announce(&mut self, serial: &str) {
+        let buckets = self.state.store.snapshot(serial);
+        let device = buckets.get(&format!("device.{serial}"));
+        let shared = buckets.get(&format!("shared.{serial}"));
+        let structure = buckets.get(&self.structure_key(serial));
+        let view = View {
+            device: device.map(|b| &b.value),
+            shared: shared.map(|b| &b.value),
+            structure: structure.map(|b| &b.value),
+            now_s: now_s(),
+        };
+        let mut messages = Vec::new();
+        let signature = view.discovery_signature(serial);
+        let first = !self.signatures.contains_key(serial);
+        if view.device.is_some() && view.shared.is_some() && self.signatures.get(serial) != Some(&signature) {
+            messages.extend(topics::discovery(&self.naming, serial, view).into_iter().map(|m| (m, QoS::AtLeastOnce)));
+            self.signatures.insert(serial.to_string(), signature);
+        }
+        if first {
+            let online = if self.state.availability.is_available(serial) { "online" } else { "offline" };
+            messages.push(((self.naming.availability(serial), online.into()), QoS::AtLeastOnce));
+        }
+        for (kind, bucket) in [("device", device), ("shared", shared)] {
+            if let Some(b) = bucket {
+                let raw = topics::raw_topics(&self.naming, serial, kind, &b.value, view);
+                messages.extend(raw.into_iter().map(|m| (m, QoS::AtMostOnce)));
+            }
+        }
+        messages.extend(topics::ha_state(&self.naming, serial, view).into_iter().map(|m| (m, QoS::AtMostOnce)));
+        for ((topic, payload), qos) in messages {
+            self.queue(topic, payload, qos);
+        }
+    }
+
+    fn on_change(&mut self, change: &Change) {
+        let serial = change.serial.as_str();
+        if change.deleted {
+            self.clear(serial);
+            return;
+        }
+        if let Some(event) = change.event.as_ref().filter(|e| e.kind == "availability") {
+            let online = event.detail["online"].as_bool().unwrap_or(false);
+            self.queue(
+                self.naming.availability(serial),
+                if online { "online" } else { "offline" }.into(),
+                QoS::AtLeastOnce,
+            );
+        }
+        let relevant = change
+            .buckets
+            .iter()
+            .any(|(k, _)| k.starts_with("device.") || k.starts_with("shared.") || k.starts_with("structure."));
+        if relevant && change.origin != Origin::Notify {
+            self.announce(serial);
+        }
+    }
+
+    /// A deleted device: empty retained payloads remove its entities and state from the broker.
+    fn clear(&mut self, serial: &str) {
+        let mut topics: Vec<String> = self.published.keys().filter(|t| self.naming.owns(serial, t)).cloned().collect();
+        topics.extend(topics::discovery_topics(&self.naming, serial));
+        topics.push(self.naming.availability(serial));
+        for topic in topics {
+            self.pending.insert(topic.clone(), (String::new(), QoS::AtLeastOnce));
+            self.published.remove(&topic);
+        }
+        self.signatures.remove(serial);
+    }
+
+    /// Queues a retained message unless the broker already holds exactly this payload.
+    fn queue(&mut self, topic: String, payload: String, qos: QoS) {
+        if self.published.get(&topic) == Some(&payload) {
+            self.pending.shift_remove(&topic);
+            return;
+        }
+        self.pending.insert(topic, (payload, qos));
+    }
+
+    fn flush(&mut self, client: &AsyncClient) {
+        if !self.connected {
+            return;
+        }
+        let mut sent = 0;
+        while let Some((topic, (payload, qos))) = self.pending.shift_remove_index(0) {
+            match client.try_publish(topic.clone(), qos, true, payload.clone().into_bytes()) {
+                Ok(()) => {
+                    sent += 1;
+                    if payload.is_empty() {
+                        self.published.remove(&topic);
+                    } else {
+                        self.published.insert(topic, payload);
+                    }
+                }
+                Err(_) => {
+                    // The client's queue is full: keep it for the next round.
+                    self.pending.shift_insert(0, topic, (payload, qos));
+                    break;
+                }
+            }
+        }
+        if sent > 0 {
+            update(&self.state.mqtt, |s| s.published += sent);
+        }
+    }
+}

@@ -1,0 +1,581 @@
+//! What roost publishes for a thermostat, as pure functions of its buckets: raw per-field
+//! topics, Home Assistant state topics, and discovery configs. Payloads are JSON scalars
+//! (`true`, `21.5`, `null`); strings go out as their text.
+
+use serde_json::{Map, Value, json};
+
+use crate::domain::bucket::Fields;
+
+/// Topic prefixes and switches, from `MQTT_TOPIC_PREFIX` / `MQTT_DISCOVERY_PREFIX`.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    pub prefix: String,
+    pub discovery: String,
+    pub publish_raw: bool,
+    pub ha_discovery: bool,
+}
+
+impl Naming {
+    /// roost's own availability (last will: `offline`).
+    pub fn bridge_availability(&self) -> String {
+        format!("{}/roost/availability", self.prefix)
+    }
+
+    pub fn availability(&self, serial: &str) -> String {
+        format!("{}/{serial}/availability", self.prefix)
+    }
+
+    fn ha(&self, serial: &str, name: &str) -> String {
+        format!("{}/{serial}/ha/{name}", self.prefix)
+    }
+
+    /// Every topic that holds state or discovery for a serial (to clear them on delete).
+    pub fn owns(&self, serial: &str, topic: &str) -> bool {
+        topic.starts_with(&format!("{}/{serial}/", self.prefix)) || topic.contains(&format!("/nest_{serial}/"))
+    }
+}
+
+/// A value as an MQTT payload: strings as their text, everything else as JSON.
+pub fn payload(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The buckets of one thermostat that publishing reads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct View<'a> {
+    pub device: Option<&'a Fields>,
+    pub shared: Option<&'a Fields>,
+    pub structure: Option<&'a Fields>,
+    pub now_s: i64,
+}
+
+fn truthy(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
+}
+
+impl<'a> View<'a> {
+    fn d(&self, key: &str) -> Option<&'a Value> {
+        self.device.and_then(|d| d.get(key)).filter(|v| !v.is_null())
+    }
+
+    fn s(&self, key: &str) -> Option<&'a Value> {
+        self.shared.and_then(|s| s.get(key)).filter(|v| !v.is_null())
+    }
+
+    /// A capability: shared wins over device.
+    fn capability(&self, key: &str, default: bool) -> bool {
+        match self.shared.and_then(|s| s.get(key)).or_else(|| self.device.and_then(|d| d.get(key))) {
+            Some(v) => truthy(Some(v)),
+            None => default,
+        }
+    }
+
+    pub fn has_fan(&self) -> bool {
+        self.capability("has_fan", false)
+    }
+
+    pub fn modes(&self) -> Vec<&'static str> {
+        let (heat, cool) = (self.capability("can_heat", true), self.capability("can_cool", true));
+        let mut modes = vec!["off"];
+        if heat {
+            modes.push("heat");
+        }
+        if cool {
+            modes.push("cool");
+        }
+        if heat && cool {
+            modes.push("heat_cool");
+        }
+        modes
+    }
+
+    /// The Home Assistant mode for the Nest `target_temperature_type`.
+    pub fn ha_mode(&self) -> &'static str {
+        match self.s("target_temperature_type").and_then(Value::as_str) {
+            Some("heat") | Some("emergency") => "heat",
+            Some("cool") => "cool",
+            Some("range") | Some("heat-cool") => "heat_cool",
+            _ => "off",
+        }
+    }
+
+    fn fan_timer_active(&self) -> bool {
+        let timer = self.d("fan_timer_timeout").and_then(Value::as_f64).is_some_and(|t| t > self.now_s as f64);
+        timer || truthy(self.d("fan_control_state"))
+    }
+
+    pub fn preset(&self) -> &'static str {
+        if truthy(self.structure.and_then(|s| s.get("manual_eco_all"))) {
+            "away"
+        } else if self.d("eco").and_then(|e| e.get("mode")).and_then(Value::as_str) == Some("manual-eco") {
+            "eco"
+        } else {
+            "home"
+        }
+    }
+
+    fn action(&self) -> &'static str {
+        if self.ha_mode() == "off" && self.s("target_temperature_type").is_none_or(|t| t == "off") {
+            return "off";
+        }
+        let any = |keys: &[&str]| keys.iter().any(|k| truthy(self.s(k)));
+        if any(&[
+            "hvac_heater_state",
+            "hvac_heat_x2_state",
+            "hvac_heat_x3_state",
+            "hvac_aux_heater_state",
+            "hvac_alt_heat_state",
+        ]) {
+            "heating"
+        } else if any(&["hvac_ac_state", "hvac_cool_x2_state", "hvac_cool_x3_state"]) {
+            "cooling"
+        } else if self.fan_timer_active() {
+            "fan"
+        } else {
+            "idle"
+        }
+    }
+
+    pub fn name(&self, serial: &str) -> String {
+        [self.s("label"), self.s("name")]
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .find(|s| !s.is_empty())
+            .map_or_else(|| format!("Nest {serial}"), String::from)
+    }
+
+    /// What discovery depends on: republished only when this changes.
+    pub fn discovery_signature(&self, serial: &str) -> String {
+        format!("{:?}|{}|{}|{}", self.modes(), self.has_fan(), self.ha_mode(), self.name(serial))
+    }
+}
+
+/// Raw topics for one bucket: the whole value, each field, and the derived fields the MQTT
+/// clients of the reference subscribe to (`device/away`, `device/fan_timer_active`).
+pub fn raw_topics(naming: &Naming, serial: &str, kind: &str, value: &Fields, view: View<'_>) -> Vec<(String, String)> {
+    if !naming.publish_raw || (kind != "device" && kind != "shared") {
+        return Vec::new();
+    }
+    let base = format!("{}/{serial}/{kind}", naming.prefix);
+    let mut out = vec![(base.clone(), Value::Object(value.clone()).to_string())];
+    for (field, v) in value {
+        out.push((format!("{base}/{field}"), payload(v)));
+    }
+    if kind == "device" {
+        out.push((format!("{base}/fan_timer_active"), view.fan_timer_active().to_string()));
+        out.push((format!("{base}/away"), (view.preset() != "home").to_string()));
+    }
+    out
+}
+
+/// Home Assistant state topics, in a fixed order. Setpoint topics not used by the current
+/// mode are published empty, which clears them.
+pub fn ha_state(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, String)> {
+    if !naming.ha_discovery || view.device.is_none() || view.shared.is_none() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut put = |name: &str, value: String| out.push((naming.ha(serial, name), value));
+    if let Some(t) = view.s("current_temperature").filter(|v| truthy(Some(v))).or_else(|| view.d("current_temperature"))
+    {
+        put("current_temperature", payload(t));
+    }
+    if let Some(h) = view.d("current_humidity") {
+        put("current_humidity", payload(h));
+    }
+    let mode = view.ha_mode();
+    let allowed: &[&str] = match mode {
+        "heat" | "cool" => &["target_temperature"],
+        "heat_cool" => &["target_temperature_low", "target_temperature_high"],
+        _ => &[],
+    };
+    for name in ["target_temperature", "target_temperature_low", "target_temperature_high"] {
+        let value = if allowed.contains(&name) { view.s(name).map(payload).unwrap_or_default() } else { String::new() };
+        put(name, value);
+    }
+    put("mode", mode.into());
+    put("action", view.action().into());
+    if view.has_fan() {
+        put("fan_mode", if view.fan_timer_active() { "on" } else { "auto" }.into());
+    }
+    put("preset", view.preset().into());
+    if let Some(t) = view
+        .d("outdoor_temperature")
+        .or_else(|| view.s("outside_temperature"))
+        .or_else(|| view.d("outside_temperature"))
+    {
+        put("outdoor_temperature", payload(t));
+    }
+    let away = view.d("auto_away").and_then(Value::as_f64).is_some_and(|a| a > 0.0) || truthy(view.d("away"));
+    put("occupancy", if away { "away" } else { "home" }.into());
+    put("fan_running", truthy(view.s("hvac_fan_state")).to_string());
+    let leaf = truthy(view.d("eco").and_then(|e| e.get("leaf"))) || truthy(view.d("leaf"));
+    put("eco", leaf.to_string());
+    if let Some(volts) = view.d("battery_level").and_then(Value::as_f64) {
+        put("battery", (((volts - 3.5) / 0.5 * 100.0).round().clamp(0.0, 100.0) as i64).to_string());
+    }
+    if let Some(rssi) = view.d("rssi").and_then(Value::as_f64) {
+        put("rssi", format!("{:.1}", -rssi.abs()));
+    }
+    for (name, key) in [
+        ("filter_replacement_needed", "filter_replacement_needed"),
+        ("sunlight_correction_active", "sunlight_correction_active"),
+        ("learning_mode", "learning_mode"),
+        ("heat_pump_ready", "heatpump_ready"),
+    ] {
+        if let Some(v) = view.d(key) {
+            put(name, payload(v).to_ascii_lowercase());
+        }
+    }
+    if let Some(sec) = view.d("filter_runtime_sec").and_then(Value::as_f64) {
+        put("filter_runtime_days", format!("{:.1}", sec / 86_400.0));
+    }
+    if let Some(t) = view.d("time_to_target").and_then(Value::as_i64).filter(|t| *t != 0) {
+        put("time_to_target", ((t - view.now_s).max(0) / 60).to_string());
+    }
+    for name in ["compressor_lockout_timeout", "local_ip"] {
+        if let Some(v) = view.d(name) {
+            put(name, payload(v));
+        }
+    }
+    let remaining = view.d("fan_timer_timeout").and_then(Value::as_i64).map_or(0, |t| ((t - view.now_s).max(0)) / 60);
+    put("fan_timer_remaining", remaining.to_string());
+    put("fan_duration", view.d("fan_timer_duration_minutes").map_or_else(|| "60".into(), payload));
+    out
+}
+
+/// Every discovery config topic roost may publish for a serial (to clear them).
+pub fn discovery_topics(naming: &Naming, serial: &str) -> Vec<String> {
+    let mut topics = vec![format!("{}/climate/nest_{serial}/thermostat/config", naming.discovery)];
+    for (component, suffix, ..) in SENSORS {
+        topics.push(format!("{}/{component}/nest_{serial}/{suffix}/config", naming.discovery));
+    }
+    topics.push(format!("{}/number/nest_{serial}/fan_duration/config", naming.discovery));
+    topics
+}
+
+/// (component, suffix, name, state topic, extra fields, needs a fan)
+type Sensor = (&'static str, &'static str, &'static str, &'static str, fn() -> Value, bool);
+
+const SENSORS: [Sensor; 17] = [
+    (
+        "sensor",
+        "temperature",
+        "Temperature",
+        "current_temperature",
+        || json!({"unit_of_measurement": "°C", "device_class": "temperature", "state_class": "measurement"}),
+        false,
+    ),
+    (
+        "sensor",
+        "humidity",
+        "Humidity",
+        "current_humidity",
+        || json!({"unit_of_measurement": "%", "device_class": "humidity", "state_class": "measurement"}),
+        false,
+    ),
+    (
+        "sensor",
+        "outdoor_temperature",
+        "Outdoor Temperature",
+        "outdoor_temperature",
+        || json!({"unit_of_measurement": "°C", "device_class": "temperature", "state_class": "measurement"}),
+        false,
+    ),
+    (
+        "binary_sensor",
+        "occupancy",
+        "Occupancy",
+        "occupancy",
+        || json!({"payload_on": "home", "payload_off": "away", "device_class": "occupancy"}),
+        false,
+    ),
+    (
+        "binary_sensor",
+        "fan",
+        "Fan",
+        "fan_running",
+        || json!({"payload_on": "true", "payload_off": "false", "device_class": "running"}),
+        true,
+    ),
+    (
+        "binary_sensor",
+        "leaf",
+        "Eco Mode",
+        "eco",
+        || json!({"payload_on": "true", "payload_off": "false", "device_class": "power"}),
+        false,
+    ),
+    (
+        "sensor",
+        "battery",
+        "Battery",
+        "battery",
+        || json!({"unit_of_measurement": "%", "device_class": "battery", "state_class": "measurement"}),
+        false,
+    ),
+    (
+        "sensor",
+        "rssi",
+        "WiFi Signal",
+        "rssi",
+        || json!({"unit_of_measurement": "dBm", "device_class": "signal_strength", "state_class": "measurement", "entity_category": "diagnostic"}),
+        false,
+    ),
+    (
+        "binary_sensor",
+        "filter_replacement",
+        "Filter Replacement Needed",
+        "filter_replacement_needed",
+        || json!({"payload_on": "true", "payload_off": "false", "device_class": "problem", "entity_category": "diagnostic"}),
+        false,
+    ),
+    (
+        "sensor",
+        "filter_runtime",
+        "Filter Runtime",
+        "filter_runtime_days",
+        || json!({"unit_of_measurement": "d", "icon": "mdi:air-filter", "state_class": "total_increasing", "entity_category": "diagnostic"}),
+        false,
+    ),
+    (
+        "sensor",
+        "time_to_target",
+        "Time to Target",
+        "time_to_target",
+        || json!({"unit_of_measurement": "min", "icon": "mdi:clock-outline", "state_class": "measurement"}),
+        false,
+    ),
+    (
+        "binary_sensor",
+        "sunlight_correction",
+        "Sunlight Correction Active",
+        "sunlight_correction_active",
+        || json!({"payload_on": "true", "payload_off": "false", "icon": "mdi:weather-sunny", "entity_category": "diagnostic"}),
+        false,
+    ),
+    (
+        "sensor",
+        "compressor_lockout",
+        "Compressor Lockout",
+        "compressor_lockout_timeout",
+        || json!({"unit_of_measurement": "s", "icon": "mdi:timer-lock", "state_class": "measurement", "entity_category": "diagnostic"}),
+        false,
+    ),
+    (
+        "binary_sensor",
+        "learning_mode",
+        "Learning Mode",
+        "learning_mode",
+        || json!({"payload_on": "true", "payload_off": "false", "icon": "mdi:school", "entity_category": "diagnostic"}),
+        false,
+    ),
+    (
+        "binary_sensor",
+        "heat_pump_ready",
+        "Heat Pump Ready",
+        "heat_pump_ready",
+        || json!({"payload_on": "true", "payload_off": "false", "icon": "mdi:heat-pump", "entity_category": "diagnostic"}),
+        false,
+    ),
+    (
+        "sensor",
+        "local_ip",
+        "Local IP",
+        "local_ip",
+        || json!({"icon": "mdi:ip-network", "entity_category": "diagnostic"}),
+        false,
+    ),
+    (
+        "sensor",
+        "fan_timer_remaining",
+        "Fan Timer Remaining",
+        "fan_timer_remaining",
+        || json!({"unit_of_measurement": "min", "icon": "mdi:fan-clock", "state_class": "measurement"}),
+        true,
+    ),
+];
+
+fn common(naming: &Naming, serial: &str, name: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert(
+        "device".into(),
+        json!({"identifiers": [format!("nolongerevil_{serial}")], "name": name, "model": "Nest Thermostat", "manufacturer": "Google Nest", "sw_version": "roost"}),
+    );
+    m.insert(
+        "availability".into(),
+        json!([
+            {"topic": naming.availability(serial), "payload_available": "online", "payload_not_available": "offline"},
+            {"topic": naming.bridge_availability(), "payload_available": "online", "payload_not_available": "offline"},
+        ]),
+    );
+    m.insert("availability_mode".into(), json!("all"));
+    m
+}
+
+/// Discovery configs: (topic, payload). A topic with an empty payload removes an entity that
+/// no longer applies (a fan entity when the device reports no fan).
+pub fn discovery(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, String)> {
+    if !naming.ha_discovery {
+        return Vec::new();
+    }
+    let name = view.name(serial);
+    let t = |n: &str| naming.ha(serial, n);
+    let mut climate = Map::new();
+    climate.insert("unique_id".into(), json!(format!("nolongerevil_{serial}")));
+    climate.insert("name".into(), Value::Null);
+    climate.insert("default_entity_id".into(), json!(format!("climate.nest_{serial}")));
+    climate.extend(common(naming, serial, &name));
+    climate.insert("temperature_unit".into(), json!("C"));
+    climate.insert("precision".into(), json!(0.5));
+    climate.insert("temp_step".into(), json!(0.5));
+    climate.insert("current_temperature_topic".into(), json!(t("current_temperature")));
+    climate.insert("current_humidity_topic".into(), json!(t("current_humidity")));
+    climate.insert("mode_command_topic".into(), json!(t("mode/set")));
+    climate.insert("mode_state_topic".into(), json!(t("mode")));
+    climate.insert("modes".into(), json!(view.modes()));
+    climate.insert("action_topic".into(), json!(t("action")));
+    if view.has_fan() {
+        climate.insert("fan_mode_command_topic".into(), json!(t("fan_mode/set")));
+        climate.insert("fan_mode_state_topic".into(), json!(t("fan_mode")));
+        climate.insert("fan_modes".into(), json!(["auto", "on"]));
+    }
+    climate.insert("preset_mode_command_topic".into(), json!(t("preset/set")));
+    climate.insert("preset_mode_state_topic".into(), json!(t("preset")));
+    climate.insert("preset_modes".into(), json!(["home", "away", "eco"]));
+    climate.insert("min_temp".into(), json!(9));
+    climate.insert("max_temp".into(), json!(32));
+    climate.insert("optimistic".into(), json!(false));
+    climate.insert("qos".into(), json!(1));
+    match view.ha_mode() {
+        "heat" | "cool" => {
+            climate.insert("temperature_command_topic".into(), json!(t("target_temperature/set")));
+            climate.insert("temperature_state_topic".into(), json!(t("target_temperature")));
+        }
+        "heat_cool" => {
+            climate.insert("temperature_low_command_topic".into(), json!(t("target_temperature_low/set")));
+            climate.insert("temperature_low_state_topic".into(), json!(t("target_temperature_low")));
+            climate.insert("temperature_high_command_topic".into(), json!(t("target_temperature_high/set")));
+            climate.insert("temperature_high_state_topic".into(), json!(t("target_temperature_high")));
+        }
+        _ => {}
+    }
+    let mut out = vec![(
+        format!("{}/climate/nest_{serial}/thermostat/config", naming.discovery),
+        Value::Object(climate).to_string(),
+    )];
+    let has_fan = view.has_fan();
+    for (component, suffix, label, state, extra, needs_fan) in SENSORS {
+        let topic = format!("{}/{component}/nest_{serial}/{suffix}/config", naming.discovery);
+        if needs_fan && !has_fan {
+            out.push((topic, String::new()));
+            continue;
+        }
+        let mut m = Map::new();
+        m.insert("unique_id".into(), json!(format!("nolongerevil_{serial}_{suffix}")));
+        m.insert("name".into(), json!(label));
+        m.insert("default_entity_id".into(), json!(format!("{component}.nest_{serial}_{suffix}")));
+        m.extend(common(naming, serial, &name));
+        m.insert("state_topic".into(), json!(t(state)));
+        if let Value::Object(e) = extra() {
+            m.extend(e);
+        }
+        out.push((topic, Value::Object(m).to_string()));
+    }
+    let fan_duration = format!("{}/number/nest_{serial}/fan_duration/config", naming.discovery);
+    if has_fan {
+        let mut m = Map::new();
+        m.insert("unique_id".into(), json!(format!("nolongerevil_{serial}_fan_duration")));
+        m.insert("name".into(), json!("Fan Duration"));
+        m.insert("default_entity_id".into(), json!(format!("number.nest_{serial}_fan_duration")));
+        m.extend(common(naming, serial, &name));
+        m.insert("state_topic".into(), json!(t("fan_duration")));
+        m.insert("command_topic".into(), json!(t("fan_duration/set")));
+        m.insert("unit_of_measurement".into(), json!("min"));
+        m.insert("icon".into(), json!("mdi:fan-clock"));
+        m.insert("min".into(), json!(15));
+        m.insert("max".into(), json!(1440));
+        m.insert("step".into(), json!(15));
+        m.insert("mode".into(), json!("slider"));
+        m.insert("qos".into(), json!(1));
+        out.push((fan_duration, Value::Object(m).to_string()));
+    } else {
+        out.push((fan_duration, String::new()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naming() -> Naming {
+        Naming {
+            prefix: "nolongerevil".into(),
+            discovery: "homeassistant".into(),
+            publish_raw: true,
+            ha_discovery: true,
+        }
+    }
+
+    fn f(v: Value) -> Fields {
+        v.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn raw_payloads_are_json_scalars() {
+        let device = f(json!({"has_fan": false, "current_temperature": 20.5, "where_id": "x", "n": null}));
+        let view = View { device: Some(&device), ..Default::default() };
+        let topics = raw_topics(&naming(), "S", "device", &device, view);
+        let get = |t: &str| topics.iter().find(|(k, _)| k == t).map(|(_, v)| v.as_str());
+        assert_eq!(get("nolongerevil/S/device/has_fan"), Some("false"));
+        assert_eq!(get("nolongerevil/S/device/current_temperature"), Some("20.5"));
+        assert_eq!(get("nolongerevil/S/device/where_id"), Some("x"));
+        assert_eq!(get("nolongerevil/S/device/n"), Some("null"));
+        assert_eq!(get("nolongerevil/S/device/fan_timer_active"), Some("false"));
+        assert_eq!(get("nolongerevil/S/device/away"), Some("false"));
+    }
+
+    #[test]
+    fn ha_state_follows_the_mode() {
+        let device = f(json!({"current_humidity": 44, "battery_level": 3.9, "has_fan": true}));
+        let shared = f(
+            json!({"target_temperature_type": "range", "target_temperature_low": 19.0, "target_temperature_high": 24.0, "target_temperature": 21.0, "hvac_heater_state": true, "current_temperature": 20.5}),
+        );
+        let view = View { device: Some(&device), shared: Some(&shared), structure: None, now_s: 1000 };
+        let state = ha_state(&naming(), "S", view);
+        let get = |t: &str| state.iter().find(|(k, _)| k.ends_with(t)).map(|(_, v)| v.as_str());
+        assert_eq!(get("/ha/mode"), Some("heat_cool"));
+        assert_eq!(get("/ha/target_temperature"), Some(""), "cleared outside heat/cool");
+        assert_eq!(get("/ha/target_temperature_low"), Some("19.0"));
+        assert_eq!(get("/ha/action"), Some("heating"));
+        assert_eq!(get("/ha/battery"), Some("80"));
+        assert_eq!(get("/ha/fan_mode"), Some("auto"));
+    }
+
+    #[test]
+    fn discovery_matches_capabilities_and_layout() {
+        let device = f(json!({"has_fan": false}));
+        let shared = f(json!({"target_temperature_type": "heat", "can_cool": false}));
+        let view = View { device: Some(&device), shared: Some(&shared), structure: None, now_s: 0 };
+        let configs = discovery(&naming(), "S", view);
+        let climate: Value = serde_json::from_str(&configs[0].1).unwrap();
+        assert_eq!(climate["modes"], json!(["off", "heat"]));
+        assert!(climate.get("fan_modes").is_none());
+        assert_eq!(climate["temperature_command_topic"], "nolongerevil/S/ha/target_temperature/set");
+        assert_eq!(climate["availability_mode"], "all");
+        let fan = configs.iter().find(|(t, _)| t.contains("/binary_sensor/nest_S/fan/")).unwrap();
+        assert_eq!(fan.1, "", "no fan entity without a fan");
+        assert_eq!(configs.len(), discovery_topics(&naming(), "S").len());
+    }
+}
