@@ -133,6 +133,10 @@ pub struct Config {
     )]
     pub availability_timeout_seconds: f64,
 
+    /// Days of temperature history kept for the web UI's charts.
+    #[arg(long, env = "HISTORY_DAYS", value_name = "HISTORY_DAYS", default_value_t = 30.0)]
+    pub history_days: f64,
+
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "pretty",
           value_parser = ["pretty", "json"])]
     pub log_format: String,
@@ -194,6 +198,9 @@ impl Config {
                 name: "AVAILABILITY_TIMEOUT_SECONDS",
                 message: "must be a positive number of seconds".into(),
             });
+        }
+        if !self.history_days.is_finite() || self.history_days <= 0.0 {
+            return Err(ConfigError { name: "HISTORY_DAYS", message: "must be a positive number of days".into() });
         }
         if self.entry_key_ttl_seconds < MIN_ENTRY_KEY_TTL_SECONDS {
             warnings.push(format!(

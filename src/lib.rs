@@ -9,6 +9,7 @@ pub mod control_api;
 pub mod device_api;
 pub mod domain;
 pub mod error;
+pub mod history;
 pub mod http_client;
 pub mod hub;
 pub mod mqtt;

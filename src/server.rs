@@ -66,6 +66,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let events = EventStreams::new(config.sse_max_clients);
         events.spawn_fan_out(store.hub().feed(), shutdown.clone());
+        crate::history::spawn(store.clone(), config.history_days, shutdown.clone());
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store,

@@ -4,8 +4,10 @@ mod admin;
 pub mod auth;
 mod command;
 pub mod events;
+mod history;
 mod registration;
 mod status;
+mod ui;
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
@@ -13,7 +15,10 @@ use serde_json::json;
 pub use status::status_object;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(get("/health", health))
+    cfg.service(get("/", ui::index))
+        .service(get("/ui/app.js", ui::app_js))
+        .service(get("/ui/style.css", ui::style))
+        .service(get("/health", health))
         .service(get("/status", status::status))
         .service(get("/api/devices", status::devices))
         .route("/command", web::post().to(command::command))
@@ -23,6 +28,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get("/api/stats", status::stats))
         .service(get("/api/events", events::events))
         .service(get("/api/events/stats", events::stats))
+        .service(get("/api/history", history::history))
+        .service(get("/api/history/chart.svg", history::chart))
         .route("/api/dismiss-pairing/{serial}", web::post().to(admin::dismiss_pairing))
         .route("/api/device", web::delete().to(admin::delete_device))
         .route("/api/register", web::post().to(registration::register))

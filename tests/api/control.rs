@@ -1044,3 +1044,26 @@ async fn the_bearer_scheme_is_case_insensitive() {
         assert_eq!(r.unwrap().status(), 200, "{scheme}");
     }
 }
+
+#[tokio::test]
+async fn the_web_ui_is_served_from_the_binary_and_open_with_a_key_set() {
+    let app = crate::helpers::TestApp::start(&["--control-api-key=k"]).await;
+    let page = app
+        .control
+        .send(&roost::sim::http::Request::get("/").header("X-Ingress-Path", "/api/hassio_ingress/x\"y"))
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    let html = String::from_utf8(page.body.to_vec()).unwrap();
+    assert!(html.contains("data-ingress-path=\"/api/hassio_ingress/x&quot;y\""), "escaped ingress path");
+    assert!(!html.contains("http://") && !html.contains("https://"), "no external requests");
+    for (path, mime) in [("/ui/app.js", "text/javascript; charset=utf-8"), ("/ui/style.css", "text/css; charset=utf-8")]
+    {
+        let r = app.control.send(&roost::sim::http::Request::get(path)).await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.header("content-type"), Some(mime));
+    }
+    let api = app.control.send(&roost::sim::http::Request::get("/api/devices")).await.unwrap();
+    assert_eq!(api.status(), 401);
+}

@@ -23,6 +23,8 @@ pub struct TestApp {
     pub device: Client,
     pub control: Client,
     pub device_url: String,
+    #[allow(dead_code)] // read by the browser test, which shares this file
+    control_port: u16,
     handle: AppHandle,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _tmp: Option<TempDir>,
@@ -64,7 +66,8 @@ impl TestApp {
         let app = Application::build(config).await.expect("roost starts");
         let scheme = if app.is_tls() { "https" } else { "http" };
         let device_url = format!("{scheme}://127.0.0.1:{}", app.device_addr().port());
-        let control_url = format!("http://127.0.0.1:{}", app.control_addr().port());
+        let control_port = app.control_addr().port();
+        let control_url = format!("http://127.0.0.1:{control_port}");
         let handle = app.handle();
         let task = tokio::spawn(app.run_until_stopped());
         let device = if scheme == "https" {
@@ -76,10 +79,16 @@ impl TestApp {
             device,
             control: Client::new(&control_url).unwrap(),
             device_url,
+            control_port,
             handle,
             task: Some(task),
             _tmp: None,
         }
+    }
+
+    #[allow(dead_code)] // used by the browser test, which shares this file
+    pub fn control_port(&self) -> u16 {
+        self.control_port
     }
 
     pub fn thermostat(&self, serial: &str) -> Thermostat {

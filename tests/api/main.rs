@@ -6,6 +6,7 @@ mod commands;
 mod control;
 mod events;
 mod helpers;
+mod history;
 mod mqtt;
 mod pairing;
 mod persistence;

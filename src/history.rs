@@ -1,0 +1,199 @@
+//! Temperature and heating history for charts: sampled from committed changes of each
+//! thermostat's device and shared buckets, kept `HISTORY_DAYS`, pruned hourly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::SqlitePool;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::bucket::Fields;
+use crate::domain::time::now_ms;
+use crate::state::{Change, Store};
+
+/// Most points one history request returns.
+pub const MAX_POINTS: i64 = 20_000;
+/// Journal rows kept for event-stream replay.
+const JOURNAL_KEEP: i64 = 100_000;
+
+/// One sample: what the chart draws.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct Point {
+    pub at: i64,
+    pub current_temperature: Option<f64>,
+    pub target_temperature: Option<f64>,
+    pub target_temperature_low: Option<f64>,
+    pub target_temperature_high: Option<f64>,
+    pub humidity: Option<f64>,
+    pub mode: Option<String>,
+    pub heating: bool,
+    pub cooling: bool,
+    pub fan: bool,
+}
+
+fn num(v: Option<&Value>) -> Option<f64> {
+    v.and_then(Value::as_f64).filter(|f| f.is_finite())
+}
+
+fn on(v: Option<&Value>) -> bool {
+    v.and_then(Value::as_bool).unwrap_or(false)
+}
+
+/// The sample for a device's current buckets (shared values win where both carry one).
+pub fn sample(at: i64, device: Option<&Fields>, shared: Option<&Fields>) -> Point {
+    let s = |k: &str| shared.and_then(|f| f.get(k));
+    let d = |k: &str| device.and_then(|f| f.get(k));
+    let mode =
+        s("target_temperature_type").or_else(|| d("target_temperature_type")).and_then(Value::as_str).map(String::from);
+    let any = |keys: &[&str]| keys.iter().any(|k| on(s(k)));
+    Point {
+        at,
+        current_temperature: num(s("current_temperature")).or_else(|| num(d("current_temperature"))),
+        target_temperature: num(s("target_temperature")).or_else(|| num(d("target_temperature"))),
+        target_temperature_low: num(s("target_temperature_low")),
+        target_temperature_high: num(s("target_temperature_high")),
+        humidity: num(d("current_humidity")),
+        mode,
+        heating: any(&[
+            "hvac_heater_state",
+            "hvac_heat_x2_state",
+            "hvac_heat_x3_state",
+            "hvac_aux_heater_state",
+            "hvac_alt_heat_state",
+            "hvac_emer_heat_state",
+        ]),
+        cooling: any(&["hvac_ac_state", "hvac_cool_x2_state", "hvac_cool_x3_state"]),
+        fan: on(s("hvac_fan_state")),
+    }
+}
+
+fn same_reading(a: &Point, b: &Point) -> bool {
+    Point { at: 0, ..a.clone() } == Point { at: 0, ..b.clone() }
+}
+
+/// Records a sample whenever a thermostat's charted values change, and prunes old history.
+pub fn spawn(store: Arc<Store>, days: f64, shutdown: CancellationToken) {
+    let mut feed = store.hub().feed();
+    let pool = store.pool().clone();
+    let recorder_shutdown = shutdown.clone();
+    let recorder_store = store.clone();
+    tokio::spawn(async move {
+        let mut last: HashMap<String, Point> = HashMap::new();
+        loop {
+            let change = tokio::select! {
+                _ = recorder_shutdown.cancelled() => break,
+                c = feed.recv() => c,
+            };
+            match change {
+                Ok(change) => record(&recorder_store, &mut last, &change).await,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "history recorder fell behind")
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = hourly.tick() => {}
+            }
+            if let Err(e) = prune(&pool, days).await {
+                tracing::warn!(error = %e, "pruning history failed");
+            }
+        }
+    });
+}
+
+async fn record(store: &Store, last: &mut HashMap<String, Point>, change: &Change) {
+    let serial = &change.serial;
+    if change.deleted {
+        last.remove(serial);
+        return;
+    }
+    let relevant =
+        change.buckets.iter().any(|(k, _)| k == &format!("device.{serial}") || k == &format!("shared.{serial}"));
+    if !relevant {
+        return;
+    }
+    let device = store.get(serial, &format!("device.{serial}"));
+    let shared = store.get(serial, &format!("shared.{serial}"));
+    let point = sample(change.at_ms, device.as_ref().map(|b| &b.value), shared.as_ref().map(|b| &b.value));
+    if last.get(serial).is_some_and(|p| same_reading(p, &point)) {
+        return;
+    }
+    let result = sqlx::query(
+        "INSERT INTO roost_history (serial, at_ms, current_temperature, target_temperature, target_temperature_low,
+         target_temperature_high, humidity, mode, heating, cooling, fan) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(serial)
+    .bind(point.at)
+    .bind(point.current_temperature)
+    .bind(point.target_temperature)
+    .bind(point.target_temperature_low)
+    .bind(point.target_temperature_high)
+    .bind(point.humidity)
+    .bind(&point.mode)
+    .bind(point.heating)
+    .bind(point.cooling)
+    .bind(point.fan)
+    .execute(store.pool())
+    .await;
+    match result {
+        Ok(_) => {
+            last.insert(serial.clone(), point);
+        }
+        Err(e) => tracing::warn!(%serial, error = %e, "could not record history"),
+    }
+}
+
+/// Removes history older than `days` and journal rows beyond what replay keeps.
+pub async fn prune(pool: &SqlitePool, days: f64) -> Result<u64, sqlx::Error> {
+    let cutoff = now_ms() - (days * 86_400_000.0) as i64;
+    let history =
+        sqlx::query("DELETE FROM roost_history WHERE at_ms < ?").bind(cutoff).execute(pool).await?.rows_affected();
+    sqlx::query("DELETE FROM roost_changes WHERE id <= (SELECT MAX(id) FROM roost_changes) - ?")
+        .bind(JOURNAL_KEEP)
+        .execute(pool)
+        .await?;
+    Ok(history)
+}
+
+/// Points of a serial since `since` (ms), oldest first.
+pub async fn points(pool: &SqlitePool, serial: &str, since: i64) -> Result<Vec<Point>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT at_ms AS at, current_temperature, target_temperature, target_temperature_low, target_temperature_high,
+         humidity, mode, heating, cooling, fan FROM roost_history WHERE serial = ? AND at_ms >= ? ORDER BY at_ms LIMIT ?",
+    )
+    .bind(serial)
+    .bind(since)
+    .bind(MAX_POINTS)
+    .fetch_all(pool)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn samples_prefer_shared_values_and_read_hvac_flags() {
+        let device = json!({"current_temperature": 19.0, "current_humidity": 40}).as_object().cloned().unwrap();
+        let shared = json!({"current_temperature": 19.5, "target_temperature": 21.0, "hvac_heater_state": true, "target_temperature_type": "heat"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let p = sample(5, Some(&device), Some(&shared));
+        assert_eq!(p.current_temperature, Some(19.5));
+        assert_eq!(p.humidity, Some(40.0));
+        assert!(p.heating && !p.cooling);
+        assert!(same_reading(&p, &sample(9, Some(&device), Some(&shared))));
+    }
+}

@@ -1,0 +1,262 @@
+//! The web UI in a real browser: headless Chromium driven over WebDriver (chromedriver),
+//! against roost with simulated thermostats. Needs Debian's `chromium` and `chromium-driver`;
+//! `.ci/run` installs them and runs this target with `--ignored`. Screenshots go to
+//! `target/browser-screenshots/`.
+
+#[allow(dead_code)]
+#[path = "api/helpers.rs"]
+mod helpers;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine;
+use helpers::*;
+use roost::http_client::{Client, Request};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// A chromedriver process and one browser session.
+struct Browser {
+    driver: Child,
+    client: Client,
+    session: String,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let driver_bin = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("chromedriver is not installed (apt-get install chromium chromium-driver)");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let driver = Command::new(driver_bin)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+        for _ in 0..100 {
+            if let Ok(r) = client.send(&Request::get("/status")).await {
+                if r.json().map(|j| j["value"]["ready"] == true).unwrap_or(false) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1280,1800"]
+        }}}});
+        let r = client.send(&Request::post("/session").json(&caps)).await.unwrap().json().unwrap();
+        let session = r["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {r}")).to_string();
+        Browser { driver, client, session }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let mut req = Request::new(method, &format!("/session/{}{path}", self.session));
+        if method != "GET" {
+            req = req.json(&body);
+        }
+        let r = self.client.send(&req).await.unwrap().json().unwrap();
+        if let Some(err) = r["value"].get("error") {
+            panic!("webdriver {path}: {err}: {}", r["value"]["message"]);
+        }
+        r["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call("POST", "/url", json!({"url": url})).await;
+    }
+
+    async fn run(&self, script: &str) -> Value {
+        self.call("POST", "/execute/sync", json!({"script": script, "args": []})).await
+    }
+
+    /// Polls a script until it returns something truthy (the browser updates asynchronously).
+    async fn wait_for(&self, what: &str, script: &str) -> Value {
+        for _ in 0..100 {
+            let v = self.run(script).await;
+            if !(v.is_null() || v == false || v == "" || v == 0) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        self.screenshot("failure").await;
+        panic!("the page never showed {what}");
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let v = self.call("POST", "/element", json!({"using": "css selector", "value": css})).await;
+        v.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap().to_string()
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.call("POST", &format!("/element/{id}/click"), json!({})).await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.call("POST", &format!("/element/{id}/value"), json!({"text": text})).await;
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let png = self.call("GET", "/screenshot", Value::Null).await;
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes =
+            base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap_or_default()).unwrap_or_default();
+        std::fs::write(dir.join(format!("{name}.png")), bytes).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+    }
+}
+
+fn card(serial: &str) -> String {
+    format!("document.querySelector('article[data-serial=\"{serial}\"]')")
+}
+
+#[tokio::test]
+#[ignore = "needs Chromium and chromedriver; .ci/run runs it"]
+async fn the_web_ui_shows_and_steers_thermostats_live() {
+    let app = TestApp::start(&[]).await;
+    let other = "02AA01AC00000002";
+    let t = app.booted(SERIAL).await;
+    let t2 = app.booted(other).await;
+    let stop = CancellationToken::new();
+    let tasks = [t.run(stop.clone()), t2.run(stop.clone())];
+    t.set_local("shared", json!({"hvac_heater_state": true})).await.unwrap();
+
+    let browser = Browser::start().await;
+    let control = format!("http://127.0.0.1:{}", app.control_port());
+    browser.goto(&control).await;
+    browser.wait_for("both thermostats", "return document.querySelectorAll('article.card').length === 2").await;
+    browser
+        .wait_for(
+            "the current temperature",
+            &format!("return {}.querySelector('.current').textContent === '21.5°C'", card(SERIAL)),
+        )
+        .await;
+    browser.screenshot("01-loaded").await;
+
+    // Raising the setpoint in the page reaches the thermostat's held subscribe.
+    for _ in 0..4 {
+        browser.run(&format!("{}.querySelector('.setpoint .up').click()", card(SERIAL))).await;
+    }
+    t.wait_for(WAIT, "the setpoint from the page", |s| {
+        s.field(&format!("shared.{SERIAL}"), "target_temperature") == Some(&json!(22.0))
+    })
+    .await
+    .unwrap();
+
+    // A change the thermostat PUTs appears without a reload.
+    t.set_local("device", json!({"current_temperature": 23.5})).await.unwrap();
+    t.set_local("shared", json!({"current_temperature": 23.5})).await.unwrap();
+    browser
+        .wait_for(
+            "the thermostat's new temperature",
+            &format!("return {}.querySelector('.current').textContent === '23.5°C'", card(SERIAL)),
+        )
+        .await;
+
+    // The weekly schedule: an invalid entry shows the server's message; a valid one reaches the
+    // thermostat with Monday as day 0.
+    let c = card(SERIAL);
+    browser.run(&format!("{c}.querySelector('.schedule').open = true")).await;
+    browser
+        .wait_for("the schedule table", &format!("return !!{c}.querySelector('td[data-day=\"0\"] .add-entry')"))
+        .await;
+    browser.run(&format!("{c}.querySelector('td[data-day=\"0\"] .add-entry').click()")).await;
+    browser.run(&format!("{c}.querySelector('td[data-day=\"0\"] input[data-field=temp]').value = '40'")).await;
+    browser
+        .run(&format!(
+            "[...{c}.querySelectorAll('.schedule-body button')].find(b => b.textContent === 'Save schedule').click()"
+        ))
+        .await;
+    let message = browser
+        .wait_for(
+            "the error message",
+            &format!("const e = {c}.querySelector('.card-error'); return !e.hidden && e.textContent"),
+        )
+        .await;
+    assert!(message.as_str().unwrap().contains("outside 4.5-32.0"), "{message}");
+    browser.run(&format!("{c}.querySelector('td[data-day=\"0\"] input[data-field=temp]').value = '21'")).await;
+    browser
+        .run(&format!(
+            "[...{c}.querySelectorAll('.schedule-body button')].find(b => b.textContent === 'Save schedule').click()"
+        ))
+        .await;
+    let schedule = format!("schedule.{SERIAL}");
+    let s = t.wait_for(WAIT, "the schedule from the page", |s| s.buckets.contains_key(&schedule)).await.unwrap();
+    let days = &s.buckets[&schedule].value["days"];
+    assert_eq!(days["0"]["0"]["temp"], json!(21.0), "{days}");
+    assert_eq!(days["0"]["0"]["time"], json!(7 * 3600));
+    assert_eq!(days["6"], json!({}));
+
+    // The history chart renders with recorded points.
+    browser
+        .wait_for(
+            "the chart",
+            &format!("const i = {}.querySelector('img.chart'); return i.complete && i.naturalWidth > 0", card(SERIAL)),
+        )
+        .await;
+    let svg =
+        app.control.send(&Request::get(&format!("/api/history/chart.svg?serial={SERIAL}&range=24h"))).await.unwrap();
+    assert!(String::from_utf8_lossy(&svg.body).contains("<polyline"));
+    browser.screenshot("02-after-changes").await;
+
+    // Pairing a new thermostat through the form.
+    let mut t3 = app.thermostat("02AA01AC00000003");
+    t3.entry().await.unwrap();
+    let (code, _) = t3.passphrase().await.unwrap();
+    browser.click("#add-toggle").await;
+    browser
+        .wait_for("the entry URL", "return document.getElementById('entry-url').textContent.includes('/entry')")
+        .await;
+    browser.type_into("#pair-code", &format!("{}-{}", &code[..3], &code[3..])).await;
+    browser.click("#pair-form button").await;
+    let result =
+        browser.wait_for("the pairing result", "return document.getElementById('pair-result').textContent").await;
+    assert!(result.as_str().unwrap().contains("registered to homeassistant"), "{result}");
+    browser.wait_for("the paired thermostat's card", &format!("return !!{}", card("02AA01AC00000003"))).await;
+    browser.screenshot("03-paired").await;
+
+    // Deleting a thermostat, confirmed.
+    browser.run(&format!("window.confirm = () => true; {}.querySelector('.delete').click()", card(other))).await;
+    browser.wait_for("the card to go", &format!("return !{}", card(other))).await;
+
+    stop.cancel();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Chromium and chromedriver; .ci/run runs it"]
+async fn with_an_api_key_the_page_asks_for_it_once() {
+    let app = TestApp::start(&["--control-api-key=letmein"]).await;
+    app.booted(SERIAL).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("http://127.0.0.1:{}", app.control_port())).await;
+    browser.wait_for("the key prompt", "return !document.getElementById('key-panel').hidden").await;
+    browser.screenshot("04-key-prompt").await;
+    browser.type_into("#key-input", "letmein").await;
+    browser.click("#key-form button").await;
+    browser.wait_for("the thermostat", "return document.querySelectorAll('article.card').length === 1").await;
+    browser.wait_for("the live stream", "return document.getElementById('live').classList.contains('live')").await;
+    // Kept for the browser session: a reload does not ask again.
+    browser.run("location.reload()").await;
+    browser
+        .wait_for("the thermostat after a reload", "return document.querySelectorAll('article.card').length === 1")
+        .await;
+    assert_eq!(browser.run("return document.getElementById('key-panel').hidden").await, true);
+}
