@@ -133,7 +133,9 @@ async fn the_web_ui_shows_and_steers_thermostats_live() {
     let t = app.booted(SERIAL).await;
     let t2 = app.booted(other).await;
     let stop = CancellationToken::new();
-    let tasks = [t.run(stop.clone()), t2.run(stop.clone())];
+    let stop_other = CancellationToken::new();
+    let task = t.run(stop.clone());
+    let other_task = t2.run(stop_other.clone());
     t.set_local("shared", json!({"hvac_heater_state": true})).await.unwrap();
 
     let browser = Browser::start().await;
@@ -230,14 +232,31 @@ async fn the_web_ui_shows_and_steers_thermostats_live() {
     browser.wait_for("the paired thermostat's card", &format!("return !!{}", card("02AA01AC00000003"))).await;
     browser.screenshot("03-paired").await;
 
-    // Deleting a thermostat, confirmed.
+    // A phone in dark mode: one column, readable colours.
+    browser.call("POST", "/window/rect", json!({"width": 390, "height": 900})).await;
+    browser
+        .call("POST", "/goog/cdp/execute", json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}}))
+        .await;
+    let columns = browser
+        .run("return getComputedStyle(document.getElementById('devices')).gridTemplateColumns.split(' ').length")
+        .await;
+    assert_eq!(columns, 1, "one card per row on a phone");
+    let overflow =
+        browser.run("return document.documentElement.scrollWidth - document.documentElement.clientWidth").await;
+    let widest = browser.run("return [...document.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).map(e => e.tagName + '.' + e.className + ':' + Math.round(e.getBoundingClientRect().right)).slice(0, 8).join(' ')").await;
+    assert_eq!(overflow, 0, "nothing wider than the phone's screen: {widest}");
+    let background = browser.run("return getComputedStyle(document.body).backgroundColor").await;
+    assert_eq!(background, "rgb(17, 21, 27)", "dark background in dark mode");
+    browser.screenshot("05-phone-dark").await;
+
+    // Deleting a thermostat, confirmed (after it stopped talking: a running one comes back).
+    stop_other.cancel();
+    other_task.await.unwrap();
     browser.run(&format!("window.confirm = () => true; {}.querySelector('.delete').click()", card(other))).await;
     browser.wait_for("the card to go", &format!("return !{}", card(other))).await;
 
     stop.cancel();
-    for task in tasks {
-        task.await.unwrap();
-    }
+    task.await.unwrap();
 }
 
 #[tokio::test]
