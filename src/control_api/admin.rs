@@ -19,13 +19,17 @@ fn error_body(e: ApiError) -> ApiError {
     }
 }
 
+/// The `serial` of a JSON body, normalised; the reference's message when it is missing.
+fn body_serial(body: &serde_json::Map<String, Value>) -> Result<String, ApiError> {
+    parse_serial(body.get("serial").and_then(Value::as_str)).map_err(|e| match e.body["error"].as_str() {
+        Some("Serial parameter required") => ApiError::bad_request("Serial required"),
+        _ => e,
+    })
+}
+
 pub async fn notify_device(payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let body = json_object(payload).await.map_err(error_body)?;
-    let serial =
-        parse_serial(body.get("serial").and_then(Value::as_str)).map_err(|e| match e.body["error"].as_str() {
-            Some("Serial parameter required") => ApiError::bad_request("Serial required"),
-            _ => e,
-        })?;
+    let serial = body_serial(&body)?;
     let Some(_) = state.store.notify(&serial).await? else {
         return Err(ApiError::not_found("Device not found"));
     };
@@ -63,11 +67,7 @@ pub async fn dismiss_pairing(req: HttpRequest, state: web::Data<AppState>) -> Re
 /// and held subscribes. A thermostat that is still running recreates its state on its next PUT.
 pub async fn delete_device(payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let body = json_object(payload).await.map_err(error_body)?;
-    let serial =
-        parse_serial(body.get("serial").and_then(Value::as_str)).map_err(|e| match e.body["error"].as_str() {
-            Some("Serial parameter required") => ApiError::bad_request("Serial required"),
-            _ => e,
-        })?;
+    let serial = body_serial(&body)?;
     let owned = state.pairing.owner(&serial).is_some();
     if !state.store.exists(&serial) && !owned {
         return Err(ApiError::not_found("Device not found"));

@@ -26,12 +26,18 @@ use crate::state::{Change, Op, Origin, Outcome};
 /// response; the firmware closes the connection after 5 s without data.
 pub const BATCH_WINDOW: Duration = Duration::from_secs(3);
 
-fn parse(body: &[u8], put: bool) -> Result<(Fields, Vec<Entry>), ApiError> {
-    bucket::parse_entries(body, put).map_err(|e| ApiError::bad_request(e.to_string()))
-}
-
-fn session(root: &Fields) -> Option<&str> {
-    root.get("session").and_then(Value::as_str)
+/// The body of a subscribe or PUT, its entries, and who sent it (the body's `session` names
+/// the device when the Basic user is a MAC).
+async fn read_request(
+    req: &HttpRequest,
+    payload: web::Payload,
+    put: bool,
+) -> Result<(Fields, Vec<Entry>, Caller), ApiError> {
+    let body = read_limited(payload, MAX_BODY).await?;
+    let (root, entries) = bucket::parse_entries(&body, put).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let session = root.get("session").and_then(Value::as_str);
+    let caller = identify(req, session).ok_or_else(serial_required)?;
+    Ok((root, entries, caller))
 }
 
 fn weave_id(req: &HttpRequest) -> Option<Value> {
@@ -61,9 +67,7 @@ pub async fn subscribe(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_limited(payload, MAX_BODY).await?;
-    let (root, entries) = parse(&body, false)?;
-    let caller = identify(&req, session(&root)).ok_or_else(serial_required)?;
+    let (root, entries, caller) = read_request(&req, payload, false).await?;
     admit(&state, &caller, Gated::Subscribe).await?;
     let owner = arrived(&state, &caller).await?;
     let serial = caller.serial.as_str();
@@ -280,9 +284,7 @@ pub async fn put(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = read_limited(payload, MAX_BODY).await?;
-    let (root, entries) = parse(&body, true)?;
-    let caller = identify(&req, session(&root)).ok_or_else(serial_required)?;
+    let (_, entries, caller) = read_request(&req, payload, true).await?;
     if let Admission::DropPut = admit(&state, &caller, Gated::Put).await? {
         return Ok(HttpResponse::Ok().json(serde_json::json!({"objects": []})));
     }

@@ -7,7 +7,8 @@
 mod commands;
 pub mod topics;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,11 @@ use crate::state::pairing::structure_id;
 use crate::state::{Change, Origin};
 use crate::{AppState, Config};
 use topics::{Naming, View};
+
+/// The largest payload roost publishes. A bucket can outgrow any one message (merged PUTs of
+/// up to 1 MiB each); a larger payload would make the client drop the connection, and every
+/// reconnect would try it again.
+const MAX_PAYLOAD: usize = 256 * 1024;
 
 /// Where the broker is and what to publish.
 #[derive(Clone)]
@@ -44,22 +50,18 @@ impl std::fmt::Debug for Settings {
 impl Settings {
     /// From `MQTT_HOST` (a host name, or `mqtt://` / `mqtts://` URL) and the other `MQTT_*`.
     pub fn from_config(c: &Config) -> Option<Self> {
-        let host = c.mqtt_host.as_deref().map(str::trim).filter(|h| !h.is_empty())?;
-        let (tls, rest) = match host.split_once("://") {
-            Some(("mqtts", rest)) => (true, rest),
-            Some((_, rest)) => (false, rest),
-            None => (false, host),
-        };
-        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse().unwrap_or(c.mqtt_port)),
-            _ => (rest.trim_end_matches('/').to_string(), c.mqtt_port),
-        };
+        let broker = Broker::parse(c.mqtt_host.as_deref()?)?;
+        // `MQTT_PORT` defaults to 1883; with `mqtts://` and no port anywhere, TLS's 8883 is meant.
+        let port = broker.port.unwrap_or(if broker.tls && c.mqtt_port == 1883 { 8883 } else { c.mqtt_port });
+        let username = c.mqtt_user.clone().filter(|u| !u.is_empty());
+        let password = c.mqtt_password.clone().filter(|p| !p.is_empty());
+        let (username, password) = if username.is_some() { (username, password) } else { broker.credentials };
         Some(Self {
-            host,
+            host: broker.host,
             port,
-            tls,
-            username: c.mqtt_user.clone().filter(|u| !u.is_empty()),
-            password: c.mqtt_password.clone().filter(|p| !p.is_empty()),
+            tls: broker.tls,
+            username,
+            password,
             naming: Naming {
                 prefix: c.mqtt_topic_prefix.clone(),
                 discovery: c.mqtt_discovery_prefix.clone(),
@@ -80,24 +82,17 @@ impl Settings {
         .flatten()
         .flatten();
         let v: Value = serde_json::from_str(&config?).ok()?;
-        let url = v["brokerUrl"].as_str()?;
-        let (tls, rest) = match url.split_once("://") {
-            Some(("mqtts", rest)) => (true, rest),
-            Some((_, rest)) => (false, rest),
-            None => (false, url),
-        };
-        let default_port = if tls { 8883 } else { 1883 };
-        let (host, port) = match rest.trim_end_matches('/').rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(default_port)),
-            None => (rest.trim_end_matches('/').to_string(), default_port),
-        };
+        let broker = Broker::parse(v["brokerUrl"].as_str()?)?;
         let text = |k: &str, d: &str| v[k].as_str().unwrap_or(d).to_string();
+        let username = v["username"].as_str().filter(|u| !u.is_empty()).map(String::from);
+        let password = v["password"].as_str().filter(|p| !p.is_empty()).map(String::from);
+        let (username, password) = if username.is_some() { (username, password) } else { broker.credentials };
         Some(Self {
-            host,
-            port,
-            tls,
-            username: v["username"].as_str().map(String::from),
-            password: v["password"].as_str().map(String::from),
+            host: broker.host,
+            port: broker.port.unwrap_or(if broker.tls { 8883 } else { 1883 }),
+            tls: broker.tls,
+            username,
+            password,
             naming: Naming {
                 prefix: text("topicPrefix", "nolongerevil"),
                 discovery: text("discoveryPrefix", "homeassistant"),
@@ -105,6 +100,51 @@ impl Settings {
                 ha_discovery: v["homeAssistantDiscovery"].as_bool().unwrap_or(true),
             },
         })
+    }
+}
+
+/// A broker address: `host`, `host:port`, `[v6]:port`, a bare IPv6 address, or a
+/// `mqtt://` / `mqtts://` URL (optionally with `user:password@`).
+#[derive(Debug, PartialEq)]
+struct Broker {
+    host: String,
+    port: Option<u16>,
+    tls: bool,
+    credentials: (Option<String>, Option<String>),
+}
+
+impl Broker {
+    fn parse(text: &str) -> Option<Broker> {
+        let text = text.trim();
+        let (tls, rest) = match text.split_once("://") {
+            Some((scheme, rest)) => (scheme.eq_ignore_ascii_case("mqtts"), rest),
+            None => (false, text),
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        let (userinfo, hostport) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let credentials = match userinfo.map(|u| u.split_once(':').unwrap_or((u, ""))) {
+            Some((user, password)) if !user.is_empty() => {
+                (Some(user.to_string()), Some(password.to_string()).filter(|p| !p.is_empty()))
+            }
+            _ => (None, None),
+        };
+        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        } else if hostport.matches(':').count() == 1 {
+            let (host, port) = hostport.split_once(':')?;
+            (host, Some(port))
+        } else {
+            (hostport, None)
+        };
+        let port = match port {
+            Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0)?),
+            None => None,
+        };
+        (!host.is_empty()).then(|| Broker { host: host.to_string(), port, tls, credentials })
     }
 }
 
@@ -159,12 +199,16 @@ pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::Joi
     }
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     let (link_tx, mut link_rx) = mpsc::channel::<Link>(16);
+    // Cleared the moment the connection fails, before the publisher hears of it, so nothing
+    // more is handed to the client for a connection that is gone.
+    let link_up = Arc::new(AtomicBool::new(false));
     let (command_tx, command_rx) = mpsc::channel::<(String, String)>(256);
     let shutdown = state.shutdown.clone();
 
     // The connection: rumqttc reconnects on the next poll after an error; the backoff is ours.
     let connection = tokio::spawn({
         let shutdown = shutdown.clone();
+        let link_up = link_up.clone();
         async move {
             let mut backoff = Duration::from_millis(500);
             loop {
@@ -179,6 +223,7 @@ pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::Joi
                 match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff = Duration::from_millis(500);
+                        link_up.store(true, Ordering::SeqCst);
                         let _ = link_tx.send(Link::Up).await;
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -189,6 +234,7 @@ pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::Joi
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        link_up.store(false, Ordering::SeqCst);
                         let _ = link_tx.send(Link::Down(e.to_string())).await;
                         tokio::select! {
                             _ = tokio::time::sleep(backoff) => {}
@@ -204,7 +250,7 @@ pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::Joi
 
     let feed = state.store.hub().feed();
     tokio::spawn(async move {
-        let mut publisher = Publisher::new(settings.naming.clone(), state.clone());
+        let mut publisher = Publisher::new(settings.naming.clone(), state.clone(), link_up);
         publisher.run(&client, feed, &mut link_rx).await;
         let _ = client.try_publish(settings.naming.bridge_availability(), QoS::AtLeastOnce, true, "offline");
         let _ = client.try_disconnect();
@@ -257,23 +303,28 @@ async fn run_commands(state: web::Data<AppState>, prefix: String, mut rx: mpsc::
 struct Publisher {
     naming: Naming,
     state: web::Data<AppState>,
-    /// What the broker holds (retained), per topic.
+    /// What the broker holds (retained), per topic; an empty payload is a cleared topic.
     published: HashMap<String, String>,
     /// Waiting to go out; latest value per topic wins.
     pending: IndexMap<String, (String, QoS)>,
     signatures: HashMap<String, String>,
+    /// Topics whose payload was too large, warned about once.
+    oversized: HashSet<String>,
     connected: bool,
+    link_up: Arc<AtomicBool>,
 }
 
 impl Publisher {
-    fn new(naming: Naming, state: web::Data<AppState>) -> Self {
+    fn new(naming: Naming, state: web::Data<AppState>, link_up: Arc<AtomicBool>) -> Self {
         Self {
             naming,
             state,
             published: HashMap::new(),
             pending: IndexMap::new(),
             signatures: HashMap::new(),
+            oversized: HashSet::new(),
             connected: false,
+            link_up,
         }
     }
 
@@ -399,19 +450,32 @@ impl Publisher {
     }
 
     /// A deleted device: empty retained payloads remove its entities and state from the broker.
+    /// Topics still waiting to go out are cleared too: the broker may hold them from before.
     fn clear(&mut self, serial: &str) {
-        let mut topics: Vec<String> = self.published.keys().filter(|t| self.naming.owns(serial, t)).cloned().collect();
+        let owned = |t: &&String| self.naming.owns(serial, t);
+        let mut topics: Vec<String> = self.published.keys().filter(owned).cloned().collect();
+        topics.extend(self.pending.keys().filter(owned).cloned());
         topics.extend(topics::discovery_topics(&self.naming, serial));
         topics.push(self.naming.availability(serial));
         for topic in topics {
-            self.pending.insert(topic.clone(), (String::new(), QoS::AtLeastOnce));
-            self.published.remove(&topic);
+            self.queue(topic, String::new(), QoS::AtLeastOnce);
         }
         self.signatures.remove(serial);
     }
 
     /// Queues a retained message unless the broker already holds exactly this payload.
-    fn queue(&mut self, topic: String, payload: String, qos: QoS) {
+    fn queue(&mut self, topic: String, mut payload: String, qos: QoS) {
+        if !topics::valid_topic(&topic) {
+            tracing::debug!(%topic, "not a valid MQTT topic; not published");
+            return;
+        }
+        if payload.len() > MAX_PAYLOAD {
+            if self.oversized.insert(topic.clone()) {
+                tracing::warn!(%topic, bytes = payload.len(), limit = MAX_PAYLOAD, "MQTT payload too large; topic cleared instead");
+            }
+            // What the broker holds for it is stale: clear it.
+            payload = String::new();
+        }
         if self.published.get(&topic) == Some(&payload) {
             self.pending.shift_remove(&topic);
             return;
@@ -420,7 +484,7 @@ impl Publisher {
     }
 
     fn flush(&mut self, client: &AsyncClient) {
-        if !self.connected {
+        if !self.connected || !self.link_up.load(Ordering::SeqCst) {
             return;
         }
         let mut sent = 0;
@@ -428,11 +492,7 @@ impl Publisher {
             match client.try_publish(topic.clone(), qos, true, payload.clone().into_bytes()) {
                 Ok(()) => {
                     sent += 1;
-                    if payload.is_empty() {
-                        self.published.remove(&topic);
-                    } else {
-                        self.published.insert(topic, payload);
-                    }
+                    self.published.insert(topic, payload);
                 }
                 Err(_) => {
                     // The client's queue is full: keep it for the next round.
@@ -444,5 +504,61 @@ impl Publisher {
         if sent > 0 {
             update(&self.state.mqtt, |s| s.published += sent);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(host: &str, port: Option<u16>, tls: bool) -> Option<Broker> {
+        Some(Broker { host: host.into(), port, tls, credentials: (None, None) })
+    }
+
+    #[test]
+    fn broker_addresses() {
+        assert_eq!(Broker::parse("mqtt.local"), broker("mqtt.local", None, false));
+        assert_eq!(Broker::parse(" 10.0.0.5:1884 "), broker("10.0.0.5", Some(1884), false));
+        assert_eq!(Broker::parse("mqtt://broker:1883/"), broker("broker", Some(1883), false));
+        assert_eq!(Broker::parse("mqtts://broker"), broker("broker", None, true));
+        assert_eq!(Broker::parse("MQTTS://broker:8884"), broker("broker", Some(8884), true));
+        assert_eq!(Broker::parse("::1"), broker("::1", None, false));
+        assert_eq!(Broker::parse("mqtt://[fd00::2]:1885"), broker("fd00::2", Some(1885), false));
+        assert_eq!(
+            Broker::parse("mqtts://ha:pa:ss@broker:8883"),
+            Some(Broker {
+                host: "broker".into(),
+                port: Some(8883),
+                tls: true,
+                credentials: (Some("ha".into()), Some("pa:ss".into()))
+            })
+        );
+        for bad in ["", "mqtt://", "broker:port", "broker:0", "broker:70000", "[::1"] {
+            assert_eq!(Broker::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn settings_from_the_environment() {
+        let settings = |args: &[&str]| {
+            let config = crate::config::from_args(args).unwrap();
+            Settings::from_config(&config).map(|s| (s.host, s.port, s.tls, s.username, s.password))
+        };
+        assert!(settings(&[]).is_none());
+        assert!(settings(&["--mqtt-host= "]).is_none());
+        assert_eq!(settings(&["--mqtt-host=broker"]), Some(("broker".into(), 1883, false, None, None)));
+        assert_eq!(settings(&["--mqtt-host=broker", "--mqtt-port=1999"]).unwrap().1, 1999);
+        assert_eq!(settings(&["--mqtt-host=mqtts://broker"]).unwrap().1, 8883);
+        assert_eq!(settings(&["--mqtt-host=mqtts://broker", "--mqtt-port=9883"]).unwrap().1, 9883);
+        assert_eq!(settings(&["--mqtt-host=mqtts://broker:8000", "--mqtt-port=9883"]).unwrap().1, 8000);
+        assert_eq!(
+            settings(&["--mqtt-host=broker", "--mqtt-user=u", "--mqtt-password=p"]),
+            Some(("broker".into(), 1883, false, Some("u".into()), Some("p".into())))
+        );
+        let debug = format!(
+            "{:?}",
+            Settings::from_config(&crate::config::from_args(&["--mqtt-host=b", "--mqtt-password=hunter2"]).unwrap())
+        );
+        assert!(!debug.contains("hunter2"), "{debug}");
     }
 }

@@ -35,6 +35,17 @@ impl Naming {
     }
 }
 
+/// Whether a broker accepts `topic` for a publish: no wildcards, no NUL, at most 65535 bytes.
+pub fn valid_topic(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= 65_535 && !topic.contains(['+', '#', '\0'])
+}
+
+/// A field name that can be one topic level: a thermostat stores whatever names it sends, and
+/// a `/` would add levels (and could end in `/set`, a command topic).
+fn valid_level(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '+', '#', '\0'])
+}
+
 /// A value as an MQTT payload: strings as their text, everything else as JSON.
 pub fn payload(value: &Value) -> String {
     match value {
@@ -154,9 +165,19 @@ impl<'a> View<'a> {
             .map_or_else(|| format!("Nest {serial}"), String::from)
     }
 
-    /// What discovery depends on: republished only when this changes.
+    /// Which setpoint topics the climate entity has in the current mode.
+    fn setpoint_layout(&self) -> &'static str {
+        match self.ha_mode() {
+            "heat" | "cool" => "single",
+            "heat_cool" => "dual",
+            _ => "none",
+        }
+    }
+
+    /// What discovery depends on (capabilities, setpoint layout, name): republished only when
+    /// this changes, not on every change of state.
     pub fn discovery_signature(&self, serial: &str) -> String {
-        format!("{:?}|{}|{}|{}", self.modes(), self.has_fan(), self.ha_mode(), self.name(serial))
+        format!("{:?}|{}|{}|{}", self.modes(), self.has_fan(), self.setpoint_layout(), self.name(serial))
     }
 }
 
@@ -168,7 +189,7 @@ pub fn raw_topics(naming: &Naming, serial: &str, kind: &str, value: &Fields, vie
     }
     let base = format!("{}/{serial}/{kind}", naming.prefix);
     let mut out = vec![(base.clone(), Value::Object(value.clone()).to_string())];
-    for (field, v) in value {
+    for (field, v) in value.iter().filter(|(field, _)| valid_level(field)) {
         out.push((format!("{base}/{field}"), payload(v)));
     }
     if kind == "device" {
@@ -544,6 +565,30 @@ mod tests {
         assert_eq!(get("nolongerevil/S/device/n"), Some("null"));
         assert_eq!(get("nolongerevil/S/device/fan_timer_active"), Some("false"));
         assert_eq!(get("nolongerevil/S/device/away"), Some("false"));
+    }
+
+    #[test]
+    fn field_names_that_are_not_one_topic_level_are_skipped() {
+        let device = f(json!({"a+b": 1, "c#": 2, "x/set": 3, "n\u{0}ul": 4, "": 5, "ok": 6}));
+        let view = View { device: Some(&device), ..Default::default() };
+        let topics = raw_topics(&naming(), "S", "device", &device, view);
+        let fields: Vec<&str> = topics.iter().filter_map(|(t, _)| t.strip_prefix("nolongerevil/S/device/")).collect();
+        assert_eq!(fields, ["ok", "fan_timer_active", "away"]);
+        assert!(topics.iter().all(|(t, _)| valid_topic(t)));
+        assert!(!valid_topic("a/+/b") && !valid_topic("a/#") && !valid_topic("") && valid_topic("a/b"));
+    }
+
+    #[test]
+    fn discovery_signature_follows_layout_not_mode() {
+        let device = f(json!({"has_fan": true}));
+        let sig = |mode: &str| {
+            let shared = f(json!({"target_temperature_type": mode}));
+            View { device: Some(&device), shared: Some(&shared), structure: None, now_s: 0 }.discovery_signature("S")
+        };
+        assert_eq!(sig("heat"), sig("cool"));
+        assert_eq!(sig("heat"), sig("emergency"));
+        assert_ne!(sig("heat"), sig("range"));
+        assert_ne!(sig("heat"), sig("off"));
     }
 
     #[test]

@@ -74,14 +74,7 @@ impl Running {
 
     /// The server's current value of a bucket.
     async fn server_bucket(&self, key: &str) -> Value {
-        let list = self
-            .app
-            .device
-            .send(&device_req("GET", &format!("/nest/transport/device/{SERIAL}"), SERIAL))
-            .await
-            .unwrap()
-            .json()
-            .unwrap();
+        let list = self.app.listing_of(SERIAL).await;
         list["objects"].as_array().unwrap().iter().find(|o| o["object_key"] == key).cloned().unwrap_or(Value::Null)
     }
 

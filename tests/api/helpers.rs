@@ -111,6 +111,12 @@ impl TestApp {
             .expect("command request")
     }
 
+    /// The device port's bucket listing for `serial` (revision, timestamp and key of each).
+    pub async fn listing_of(&self, serial: &str) -> Value {
+        let req = device_req("GET", &format!("/nest/transport/device/{serial}"), serial);
+        self.device.send(&req).await.expect("listing").json().expect("listing JSON")
+    }
+
     pub async fn control_post(&self, path: &str, body: Value) -> Response {
         self.control.send(&Request::post(path).json(&body)).await.expect("control request")
     }

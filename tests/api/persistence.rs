@@ -13,23 +13,11 @@ async fn a_restart_keeps_all_state_and_resends_the_structure_once() {
     let t = app.booted(SERIAL).await;
     let (code, _) = t.passphrase().await.unwrap();
     app.command(SERIAL, "set_temperature", json!(22.5)).await;
-    let before = app
-        .device
-        .send(&device_req("GET", &format!("/nest/transport/device/{SERIAL}"), SERIAL))
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
+    let before = app.listing_of(SERIAL).await;
     app.stop().await;
 
     let app = TestApp::start_in(tmp.path().to_path_buf(), &[]).await;
-    let after = app
-        .device
-        .send(&device_req("GET", &format!("/nest/transport/device/{SERIAL}"), SERIAL))
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
+    let after = app.listing_of(SERIAL).await;
     assert_eq!(before, after);
     let (same_code, _) = app.thermostat(SERIAL).passphrase().await.unwrap();
     assert_eq!(same_code, code, "entry keys survive a restart");
@@ -94,13 +82,7 @@ async fn an_acknowledged_put_survives_sigkill() {
     child.wait().unwrap();
 
     let app = TestApp::start_in(tmp.path().to_path_buf(), &[&format!("--sqlite3-db-path={}", db.display())]).await;
-    let list = app
-        .device
-        .send(&device_req("GET", &format!("/nest/transport/device/{SERIAL}"), SERIAL))
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
+    let list = app.listing_of(SERIAL).await;
     let last = &receipts.last().unwrap()["objects"][0];
     assert_eq!(list["objects"][0]["object_revision"], last["object_revision"]);
     assert_eq!(list["objects"][0]["object_timestamp"], last["object_timestamp"]);

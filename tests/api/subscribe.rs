@@ -140,13 +140,7 @@ async fn timestamps_decide_and_equal_is_in_sync() {
     while conn.next_chunk_within(WAIT).await.unwrap().is_some() {}
     let user = "user.homeassistant";
     let structure = "structure.homeassistant";
-    let list = app
-        .device
-        .send(&device_req("GET", &format!("/nest/transport/device/{SERIAL}"), SERIAL))
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
+    let list = app.listing_of(SERIAL).await;
     let ts_of = |k: &str| {
         list["objects"].as_array().unwrap().iter().find(|o| o["object_key"] == k).unwrap()["object_timestamp"]
             .as_i64()
