@@ -50,7 +50,11 @@ impl std::fmt::Debug for Settings {
 impl Settings {
     /// From `MQTT_HOST` (a host name, or `mqtt://` / `mqtts://` URL) and the other `MQTT_*`.
     pub fn from_config(c: &Config) -> Option<Self> {
-        let broker = Broker::parse(c.mqtt_host.as_deref()?)?;
+        let text = c.mqtt_host.as_deref().filter(|h| !h.trim().is_empty())?;
+        let Some(broker) = Broker::parse(text) else {
+            tracing::error!(MQTT_HOST = %text, "MQTT_HOST is not a broker address (host, host:port or mqtt[s]://host[:port]); MQTT is off");
+            return None;
+        };
         // `MQTT_PORT` defaults to 1883; with `mqtts://` and no port anywhere, TLS's 8883 is meant.
         let port = broker.port.unwrap_or(if broker.tls && c.mqtt_port == 1883 { 8883 } else { c.mqtt_port });
         let username = c.mqtt_user.clone().filter(|u| !u.is_empty());
@@ -225,6 +229,12 @@ pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::Joi
                         backoff = Duration::from_millis(500);
                         link_up.store(true, Ordering::SeqCst);
                         let _ = link_tx.send(Link::Up).await;
+                    }
+                    // A retained command is an old one the broker replays on every (re)subscribe;
+                    // applying it would undo whatever changed since. Live messages never carry
+                    // the retain flag.
+                    Ok(Event::Incoming(Packet::Publish(p))) if p.retain => {
+                        tracing::info!(topic = %p.topic, "retained MQTT command ignored; commands must not be retained");
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let payload = String::from_utf8_lossy(&p.payload).to_string();
@@ -557,7 +567,7 @@ mod tests {
         );
         let debug = format!(
             "{:?}",
-            Settings::from_config(&crate::config::from_args(&["--mqtt-host=b", "--mqtt-password=hunter2"]).unwrap())
+            Settings::from_config(&crate::config::from_args(["--mqtt-host=b", "--mqtt-password=hunter2"]).unwrap())
         );
         assert!(!debug.contains("hunter2"), "{debug}");
     }

@@ -8,6 +8,7 @@ mod events;
 mod helpers;
 mod history;
 mod mqtt;
+mod mqtt_support;
 mod pairing;
 mod persistence;
 mod put;

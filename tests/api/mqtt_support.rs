@@ -24,10 +24,38 @@ pub const LIMIT: Duration = Duration::from_secs(30);
 
 static CLIENTS: AtomicU64 = AtomicU64::new(0);
 
-/// A port nothing listens on right now.
+/// A port nothing listens on right now, for a broker or proxy that binds it later (or binds
+/// it again after a stop). It comes from below the kernel's ephemeral range, so the port-0
+/// binds of roost instances in concurrent tests cannot take it in the meantime, and it is never
+/// handed out twice in this process.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local addr").port()
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| {
+            let mut it = r.split_whitespace().map(|n| n.parse::<u32>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32_768, 60_999));
+    // Below the ephemeral range when there is room, else above it.
+    let (start, end) = if low > 12_000 { (10_000, low) } else { (high + 1, 65_536) };
+    let mut next = NEXT.lock().unwrap();
+    // Concurrent test processes start at different places.
+    let seed =
+        std::process::id() ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let mut candidate = next.unwrap_or(start + seed % (end - start));
+    for _ in start..end {
+        if candidate >= end {
+            candidate = start;
+        }
+        let port = candidate as u16;
+        candidate += 1;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(candidate);
+            return port;
+        }
+    }
+    panic!("no free port between {start} and {end}");
 }
 
 /// Waits until something accepts TCP connections on `port` (a broker started by another
@@ -154,10 +182,6 @@ impl Broker {
         until_listening(port).await;
     }
 
-    pub fn is_mosquitto(&self) -> bool {
-        self.mosquitto.is_some()
-    }
-
     /// Stops Mosquitto (everything it held, retained messages included, is gone).
     pub fn stop_mosquitto(&mut self) {
         if let Some(mut child) = self.mosquitto.as_mut().and_then(|m| m.child.take()) {
@@ -252,6 +276,8 @@ pub struct Log {
     pub messages: Vec<(String, String)>,
     pub latest: HashMap<String, String>,
     pub subacks: u64,
+    /// Connection errors (the broker away, a refused login), for failure messages.
+    pub errors: Vec<String>,
 }
 
 impl Log {
@@ -284,7 +310,11 @@ impl Log {
 
     fn tail(&self) -> String {
         let start = self.messages.len().saturating_sub(40);
-        self.messages[start..].iter().map(|(t, p)| format!("  {t} = {}\n", shorten(p))).collect()
+        let messages: String =
+            self.messages[start..].iter().map(|(t, p)| format!("  {t} = {}\n", shorten(p))).collect();
+        let errors = self.errors.len();
+        let last_errors = &self.errors[errors.saturating_sub(3)..];
+        format!("{messages}connection errors: {errors}, the last: {last_errors:?}")
     }
 }
 
@@ -338,7 +368,10 @@ impl Recorder {
                         }
                         Ok(_) => {}
                         // The broker is away (a restart test): rumqttc reconnects on the next poll.
-                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                        Err(e) => {
+                            log.lock().unwrap().errors.push(e.to_string());
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
                     }
                 }
             }
@@ -385,7 +418,7 @@ impl Recorder {
         self.wait_for(&format!("{topic} = {payload}"), |l| l.latest(topic) == Some(payload)).await
     }
 
-    /// Publishes (QoS 1, not retained) and returns once the broker acknowledged it.
+    /// Publishes (QoS 1, not retained); returns once the message is queued for the broker.
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {
         self.client.publish(topic, QoS::AtLeastOnce, false, payload).await.expect("publish");
     }
