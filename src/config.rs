@@ -199,6 +199,14 @@ impl Config {
                 message: "must be a positive number of seconds".into(),
             });
         }
+        if let Some(host) = self.mqtt_host.as_deref().filter(|h| !h.trim().is_empty()) {
+            if !crate::mqtt::is_broker_address(host) {
+                return Err(ConfigError {
+                    name: "MQTT_HOST",
+                    message: format!("'{host}' is not a broker address (host, host:port or mqtt[s]://host[:port])"),
+                });
+            }
+        }
         if !self.history_days.is_finite() || self.history_days <= 0.0 {
             return Err(ConfigError { name: "HISTORY_DAYS", message: "must be a positive number of days".into() });
         }
@@ -330,6 +338,8 @@ mod tests {
         assert!(err.contains("REQUIRE_DEVICE_PAIRING"), "{err}");
         let c = parse(&["--api-origin", "ftp://x"]).unwrap();
         assert_eq!(c.validate().unwrap_err().name, "API_ORIGIN");
+        let c = parse(&["--mqtt-host", "mqtt://"]).unwrap();
+        assert_eq!(c.validate().unwrap_err().name, "MQTT_HOST");
     }
 
     #[test]

@@ -117,6 +117,11 @@ struct Broker {
     credentials: (Option<String>, Option<String>),
 }
 
+/// Whether `text` is a broker address roost can connect to (checked at start-up).
+pub fn is_broker_address(text: &str) -> bool {
+    Broker::parse(text).is_some()
+}
+
 impl Broker {
     fn parse(text: &str) -> Option<Broker> {
         let text = text.trim();
