@@ -104,6 +104,10 @@ pub struct Config {
     #[arg(long, env = "MQTT_PASSWORD", value_name = "MQTT_PASSWORD", hide_env_values = true)]
     pub mqtt_password: Option<String>,
 
+    /// PEM file of the CA(s) to trust for `mqtts://` (default: the system's CA bundle).
+    #[arg(long, env = "MQTT_CA_FILE", value_name = "MQTT_CA_FILE")]
+    pub mqtt_ca_file: Option<PathBuf>,
+
     #[arg(long, env = "MQTT_TOPIC_PREFIX", value_name = "MQTT_TOPIC_PREFIX", default_value = "nolongerevil")]
     pub mqtt_topic_prefix: String,
 
@@ -204,6 +208,16 @@ impl Config {
                 return Err(ConfigError {
                     name: "MQTT_HOST",
                     message: format!("'{host}' is not a broker address (host, host:port or mqtt[s]://host[:port])"),
+                });
+            }
+        }
+        if let Some(file) = &self.mqtt_ca_file {
+            use rustls_pki_types::pem::PemObject;
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(file).map(|i| i.flatten().count()).unwrap_or(0);
+            if certs == 0 {
+                return Err(ConfigError {
+                    name: "MQTT_CA_FILE",
+                    message: format!("{} holds no readable PEM certificate", file.display()),
                 });
             }
         }

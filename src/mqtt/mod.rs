@@ -37,6 +37,8 @@ pub struct Settings {
     pub tls: bool,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// PEM certificates to trust for `mqtts://` instead of the system's CA bundle.
+    pub ca_file: Option<std::path::PathBuf>,
     pub naming: Naming,
 }
 
@@ -66,6 +68,7 @@ impl Settings {
             tls: broker.tls,
             username,
             password,
+            ca_file: c.mqtt_ca_file.clone(),
             naming: Naming {
                 prefix: c.mqtt_topic_prefix.clone(),
                 discovery: c.mqtt_discovery_prefix.clone(),
@@ -97,6 +100,7 @@ impl Settings {
             tls: broker.tls,
             username,
             password,
+            ca_file: None,
             naming: Naming {
                 prefix: text("topicPrefix", "nolongerevil"),
                 discovery: text("discoveryPrefix", "homeassistant"),
@@ -204,7 +208,8 @@ pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::Joi
         options.set_credentials(user.clone(), password.clone().unwrap_or_default());
     }
     if settings.tls {
-        options.set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls_config()))));
+        options
+            .set_transport(Transport::Tls(TlsConfiguration::Rustls(Arc::new(tls_config(settings.ca_file.as_deref())))));
     }
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
     let (link_tx, mut link_rx) = mpsc::channel::<Link>(16);
@@ -274,11 +279,18 @@ pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::Joi
 }
 
 /// Trust for `mqtts://`: the system's CA bundle.
-fn tls_config() -> rustls::ClientConfig {
+/// Trust for `mqtts://`: `MQTT_CA_FILE` when set (a broker with its own CA), else the system's
+/// CA bundle.
+fn tls_config(ca_file: Option<&std::path::Path>) -> rustls::ClientConfig {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
-    for bundle in ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"] {
+    let system = ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+    let bundles: Vec<&std::path::Path> = match ca_file {
+        Some(file) => vec![file],
+        None => system.iter().map(std::path::Path::new).collect(),
+    };
+    for bundle in bundles {
         if let Ok(certs) = CertificateDer::pem_file_iter(bundle) {
             for cert in certs.flatten() {
                 let _ = roots.add(cert);

@@ -737,3 +737,59 @@ async fn credentials_are_used_and_a_refused_login_does_not_stop_roost() {
     assert_eq!((stats["enabled"].clone(), stats["connected"].clone()), (json!(true), json!(false)));
     assert!(!stats.to_string().contains("s3cret") && !stats.to_string().contains("wrong"), "{stats}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS
+
+/// `mqtts://` to a broker whose certificate comes from a private CA given as `MQTT_CA_FILE`.
+#[tokio::test]
+async fn mqtts_with_a_private_ca() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let tls_port = free_port();
+    let certs = tempfile::tempdir().unwrap();
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let Some(broker) = Broker::mosquitto_with(|dir| {
+        std::fs::write(dir.join("server.pem"), server.pem()).unwrap();
+        std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+        format!(
+            "listener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        )
+    })
+    .await
+    else {
+        return;
+    };
+    let rec = Recorder::connect(broker.port, None).await;
+    let host = format!("--mqtt-host=mqtts://localhost:{tls_port}");
+    let ca = format!("--mqtt-ca-file={}", ca_file.display());
+    let app = TestApp::start(&[&host, &ca]).await;
+    let _t = app.booted(SERIAL).await;
+    announced(&rec, SERIAL).await;
+    assert_eq!(mqtt_stats(&app).await["connected"], true);
+
+    // Without the CA the broker's certificate is not trusted: no connection, thermostats served.
+    let untrusted = TestApp::start(&[&host]).await;
+    let t2 = untrusted.booted(SERIAL2).await;
+    assert_eq!(untrusted.command(SERIAL2, "set_temperature", json!(21.0)).await.status(), 200);
+    drop(t2);
+    let mut stats = mqtt_stats(&untrusted).await;
+    for _ in 0..200 {
+        if !stats["last_error"].is_null() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        stats = mqtt_stats(&untrusted).await;
+    }
+    assert_eq!(stats["connected"], false);
+    assert!(stats["last_error"].as_str().is_some_and(|e| !e.is_empty()), "the refused handshake is reported: {stats}");
+}

@@ -130,6 +130,11 @@ impl Broker {
 
     /// Mosquitto on a free port with a temporary configuration, when its binary is installed.
     pub async fn mosquitto() -> Option<Broker> {
+        Self::mosquitto_with(|_| String::new()).await
+    }
+
+    /// Mosquitto with extra configuration (written with the broker's temporary directory).
+    pub async fn mosquitto_with(extra: impl FnOnce(&std::path::Path) -> String) -> Option<Broker> {
         let Some(binary) = find_mosquitto() else {
             println!("note: mosquitto is not installed (not on PATH); the Mosquitto variant of this test is skipped");
             return None;
@@ -137,8 +142,9 @@ impl Broker {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir");
         let config = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n\
-             log_type error\nlog_type warning\nlog_type notice\nlog_type information\n"
+            "per_listener_settings false\nallow_anonymous true\npersistence false\nlog_dest stderr\n\
+             log_type error\nlog_type warning\nlog_type notice\nlog_type information\nlistener {port} 127.0.0.1\n{}",
+            extra(dir.path())
         );
         std::fs::write(dir.path().join("mosquitto.conf"), config).expect("mosquitto.conf");
         let mut broker = Broker { name: "mosquitto", port, mosquitto: Some(Mosquitto { binary, dir, child: None }) };
