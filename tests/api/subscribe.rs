@@ -16,12 +16,17 @@ fn device() -> String {
 
 #[tokio::test]
 async fn headers_go_out_at_once_and_the_hold_ends_with_the_terminal_chunk() {
+    // With a 60 s hold, the head arriving within WAIT shows it is not held back with the body.
+    let app = TestApp::start(&["--connection-hold-timeout=60", "--suspend-time-max=300"]).await;
+    let t = app.booted(SERIAL).await;
+    let (_conn, head) = tokio::time::timeout(WAIT, t.open_subscribe()).await.expect("head at once").unwrap();
+    assert_eq!(head.status, 200);
+    drop(app);
+
     let app = TestApp::start(&["--connection-hold-timeout=1", "--suspend-time-max=300"]).await;
     let t = app.booted(SERIAL).await;
     let started = Instant::now();
     let (mut conn, head) = t.open_subscribe().await.unwrap();
-    assert_eq!(head.status, 200);
-    assert!(started.elapsed() < Duration::from_millis(900), "headers before the hold ends");
     assert_eq!(head.header("transfer-encoding"), Some("chunked"));
     assert_eq!(head.header("content-type"), Some("application/json"));
     assert_eq!(head.header("x-nl-suspend-time-max"), Some("300"));
@@ -234,7 +239,7 @@ async fn non_chunked_subscribe_answers_at_once() {
         let body = json!({"chunked": chunked, "objects": [{"object_key": shared(), "object_revision": 0, "object_timestamp": 0}]});
         let started = Instant::now();
         let r = app.device.send(&device_req("POST", "/nest/transport", SERIAL).json(&body)).await.unwrap();
-        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(started.elapsed() < Duration::from_secs(6), "well inside the device's 7 s");
         assert_eq!(r.status(), 200);
         assert!(r.header("transfer-encoding").is_none());
         assert!(keys_of(&r.json().unwrap()).contains(&shared()));
