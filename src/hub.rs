@@ -1,7 +1,7 @@
 //! Fan-out of committed changes: wake-ups for held subscribes of a serial, and a bounded
 //! feed for other consumers (event stream, MQTT, history).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +20,18 @@ struct Held {
     tx: mpsc::Sender<Arc<Change>>,
 }
 
+/// Changes are delivered in id order even though their commits finish on different threads,
+/// so an event-stream client resuming from id N has seen everything up to N.
+struct Sequencer {
+    next: i64,
+    waiting: BTreeMap<i64, Arc<Change>>,
+}
+
+/// A change id that never arrives (its commit task died) holds later ones back at most this far.
+const MAX_OUT_OF_ORDER: usize = 1024;
+
 pub struct Hub {
+    order: Mutex<Sequencer>,
     held: Mutex<HashMap<String, VecDeque<Held>>>,
     next_id: AtomicU64,
     max_per_serial: usize,
@@ -45,11 +56,19 @@ impl Hub {
     pub fn new(max_per_serial: usize) -> Arc<Self> {
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
         Arc::new(Self {
+            order: Mutex::new(Sequencer { next: 1, waiting: BTreeMap::new() }),
             held: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             max_per_serial: max_per_serial.max(1),
             feed,
         })
+    }
+
+    /// The id the next committed change will carry (set once the journal is read).
+    pub fn start_ids_at(&self, next: i64) {
+        if let Ok(mut order) = self.order.lock() {
+            order.next = next;
+        }
     }
 
     /// Registers a held subscribe for `serial`. Past the per-device limit the oldest is ended
@@ -95,23 +114,36 @@ impl Hub {
         }
     }
 
-    /// Pushes buckets to the held subscribes of a serial without publishing a change (the
-    /// device's own write merged over server data it has not seen yet).
-    pub fn wake(&self, change: Arc<Change>) {
-        if let Ok(mut held) = self.held.lock() {
-            if let Some(list) = held.get_mut(&change.serial) {
-                list.retain(|h| h.tx.try_send(change.clone()).is_ok());
-            }
-        }
-    }
-
     pub fn feed(&self) -> broadcast::Receiver<Arc<Change>> {
         self.feed.subscribe()
     }
 
-    /// Publishes a committed change. A device's own writes are not pushed back to it; a held
-    /// subscribe whose queue is full is ended so it resubscribes and catches up by timestamps.
+    /// Publishes a committed change, in id order.
     pub fn publish(&self, change: Arc<Change>) {
+        let Ok(mut order) = self.order.lock() else { return };
+        if change.id < order.next {
+            // Already past it (only after a stall was skipped): deliver rather than drop.
+            self.deliver(change);
+            return;
+        }
+        order.waiting.insert(change.id, change);
+        if order.waiting.len() > MAX_OUT_OF_ORDER {
+            if let Some(first) = order.waiting.keys().next().copied() {
+                tracing::warn!(missing = order.next, "a change never arrived; delivering later ones");
+                order.next = first;
+            }
+        }
+        loop {
+            let next = order.next;
+            let Some(change) = order.waiting.remove(&next) else { break };
+            order.next += 1;
+            self.deliver(change);
+        }
+    }
+
+    /// A device's own writes are not pushed back to it; a held subscribe whose queue is full is
+    /// ended so it resubscribes and catches up by timestamps.
+    fn deliver(&self, change: Arc<Change>) {
         if change.origin != Origin::Device && !change.buckets.is_empty() {
             if let Ok(mut held) = self.held.lock() {
                 if let Some(list) = held.get_mut(&change.serial) {

@@ -91,6 +91,8 @@ pub(crate) enum Admission {
     Proceed,
     /// A pending device's PUT: answered `200 {"objects": []}` and dropped.
     DropPut,
+    /// A pending device's subscribe: held so pairing can complete, but it writes nothing.
+    ReadOnly,
 }
 
 /// With `REQUIRE_DEVICE_PAIRING=true`: paired devices proceed; a device with a pending entry
@@ -102,7 +104,8 @@ pub(crate) async fn admit(state: &AppState, caller: &Caller, route: Gated) -> Re
     match state.pairing.tier(&caller.serial).await? {
         Tier::Paired => Ok(Admission::Proceed),
         Tier::Pending => match route {
-            Gated::Subscribe | Gated::Listing => Ok(Admission::Proceed),
+            Gated::Subscribe => Ok(Admission::ReadOnly),
+            Gated::Listing => Ok(Admission::Proceed),
             Gated::Put => Ok(Admission::DropPut),
             Gated::Upload => Err(ApiError::new(StatusCode::UNAUTHORIZED, "Not authorized")),
         },

@@ -68,7 +68,7 @@ pub async fn subscribe(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (root, entries, caller) = read_request(&req, payload, false).await?;
-    admit(&state, &caller, Gated::Subscribe).await?;
+    let admission = admit(&state, &caller, Gated::Subscribe).await?;
     let owner = arrived(&state, &caller).await?;
     let serial = caller.serial.as_str();
     let chunked = wants_chunked(&root);
@@ -76,7 +76,9 @@ pub async fn subscribe(
     // Registered before the state is read, so a change committed from here on is not missed.
     let subscription = chunked.then(|| state.store.hub().subscribe(serial));
 
-    apply_device_values(&state, serial, &entries, &weave_id(&req)).await?;
+    if !matches!(admission, Admission::ReadOnly) {
+        apply_device_values(&state, serial, &entries, &weave_id(&req)).await?;
+    }
     let owned_keys = match &owner {
         Some(owner) => ensure_pairing_buckets(&state, serial, owner).await?,
         None => Vec::new(),
@@ -88,6 +90,12 @@ pub async fn subscribe(
         known.entry(e.key.clone()).or_insert(e.timestamp);
     }
     let snapshot = state.store.snapshot(serial);
+    for e in &entries {
+        if snapshot.get(&e.key).is_some_and(|b| b.unconfirmed && e.timestamp >= b.timestamp) {
+            // The device lists the current version: it holds the server's change.
+            state.store.confirm(serial, &e.key, e.timestamp).await;
+        }
+    }
     let mut outgoing: Vec<(String, Arc<Bucket>)> = Vec::new();
     for e in &entries {
         if outgoing.iter().any(|(k, _)| k == &e.key) {
@@ -165,7 +173,11 @@ async fn apply_device_values(
                 } else if fields.get("target_change_pending") == Some(&Value::Bool(false))
                     && e.key.starts_with("shared.")
                 {
-                    ops.push(Op::ClearPending { key: e.key.clone() });
+                    // Only an acknowledgement of the current version clears the flag; an older
+                    // one gets the newer bucket in the reply.
+                    if e.timestamp >= server_ts {
+                        ops.push(Op::ClearPending { key: e.key.clone() });
+                    }
                 } else if e.timestamp > server_ts {
                     ops.push(Op::Adopt { key: e.key.clone(), fields, revision: e.revision, timestamp: e.timestamp });
                 }
@@ -290,8 +302,8 @@ pub async fn put(
     }
     arrived(&state, &caller).await?;
     let weave = weave_id(&req);
-    // Keys whose server copy is newer than the revision the device based its PUT on: a change
-    // (a command, pairing) it has not applied yet.
+    // Keys holding a server change (a command, pairing) that this PUT was not based on: the
+    // device has not applied it yet, so its flag stays and the receipt must not claim it.
     let mut behind: Vec<String> = Vec::new();
     let applied = state
         .store
@@ -299,18 +311,19 @@ pub async fn put(
             let mut ops = Vec::new();
             for e in entries {
                 let Some(fields) = e.value.filter(|v| !v.is_empty()) else { continue };
-                let server_revision = current.get(&e.key).map(|b| b.revision);
-                let stale = e.if_revision.is_none()
-                    && matches!((e.base_revision, server_revision), (Some(base), Some(server)) if base != server);
+                let server = current.get(&e.key);
+                let unseen = e.if_revision.is_none()
+                    && server.is_some_and(|b| b.unconfirmed && e.base_revision.is_some_and(|base| base != b.revision));
                 let acknowledges =
                     fields.len() == 1 && fields.get("target_change_pending") == Some(&Value::Bool(false));
-                if stale {
+                if unseen {
                     behind.push(e.key.clone());
                 }
-                ops.push(match (acknowledges, stale) {
+                ops.push(match (acknowledges, unseen) {
                     // Acknowledging an older push must not clear the flag of a newer one.
-                    (true, true) => Op::Merge { key: e.key, fields: Fields::new(), if_revision: None },
+                    (true, true) => Op::MergeUnseen { key: e.key, fields: Fields::new() },
                     (true, false) if e.if_revision.is_none() => Op::ClearPending { key: e.key },
+                    (false, true) => Op::MergeUnseen { key: e.key, fields: with_weave(fields, &weave) },
                     _ => Op::Merge { key: e.key, fields: with_weave(fields, &weave), if_revision: e.if_revision },
                 });
             }
@@ -326,32 +339,12 @@ pub async fn put(
         .iter()
         .map(|w| {
             let (rev, ts) = w.bucket.as_ref().map_or((0, 0), |b| (b.revision, b.timestamp));
-            if behind.contains(&w.key) {
-                // A receipt must not claim the device holds data it has not received: report a
-                // timestamp just below the server's, so the server's copy stays newer for it.
-                return WireObject::receipt(&w.key, rev, ts.saturating_sub(1));
-            }
+            // Just below the server's timestamp, so the server's copy stays newer for the device
+            // and the pending change reaches it (on the held subscribe or the next one).
+            let ts = if behind.contains(&w.key) { ts.saturating_sub(1) } else { ts };
             WireObject::receipt(&w.key, rev, ts)
         })
         .collect();
-    if !behind.is_empty() {
-        let buckets: Vec<(String, Arc<Bucket>)> = applied
-            .written
-            .iter()
-            .filter(|w| behind.contains(&w.key))
-            .filter_map(|w| w.bucket.clone().map(|b| (w.key.clone(), b)))
-            .collect();
-        tracing::info!(serial = %caller.serial, keys = ?behind, "device PUT based on an older revision; pushing the current buckets");
-        state.store.hub().wake(Arc::new(Change {
-            id: 0,
-            serial: caller.serial.clone(),
-            origin: Origin::Server,
-            buckets,
-            deleted: false,
-            event: None,
-            at_ms: crate::domain::time::now_ms(),
-        }));
-    }
     let conflicts = applied.written.iter().filter(|w| w.outcome == Outcome::Conflict).count();
     tracing::debug!(serial = %caller.serial, objects = objects.len(), conflicts, changed = applied.change.is_some(), "put");
     Ok(transport_ok(&state).content_type("application/json").body(objects_document(&objects)))

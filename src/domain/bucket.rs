@@ -13,6 +13,9 @@ pub struct Bucket {
     pub value: Fields,
     /// Server wall-clock of the last write, ms.
     pub updated_at: i64,
+    /// Holds a change from the server (a command, pairing) that the device has not confirmed
+    /// yet. Kept in memory only.
+    pub unconfirmed: bool,
 }
 
 /// The wire form of a bucket. Field order matters to the firmware: revision and timestamp
@@ -209,7 +212,7 @@ mod tests {
         let mut value = Fields::new();
         value.insert("z".into(), json!(21.0));
         value.insert("a".into(), json!(21));
-        let b = Bucket { revision: 3, timestamp: 17, value, updated_at: 0 };
+        let b = Bucket { revision: 3, timestamp: 17, value, updated_at: 0, unconfirmed: false };
         let doc = objects_document(&[WireObject::full("shared.X", &b)]);
         assert_eq!(
             String::from_utf8(doc).unwrap(),

@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use indexmap::IndexMap;
 use serde_json::Value;
 use sqlx::SqlitePool;
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 
 use super::db;
 use super::writer::{self, Commit, DbOp};
@@ -54,6 +54,9 @@ pub struct Event {
 pub enum Op {
     /// Shallow-merge fields. With `if_revision`, skipped unless it equals the stored revision.
     Merge { key: String, fields: Fields, if_revision: Option<i64> },
+    /// A device's merge based on a revision older than a server change it has not confirmed:
+    /// the bucket keeps that change marked unconfirmed.
+    MergeUnseen { key: String, fields: Fields },
     /// Replace the whole value.
     Replace { key: String, fields: Fields },
     /// Create the bucket with these fields only if it does not exist.
@@ -69,6 +72,7 @@ impl Op {
     fn key(&self) -> &str {
         match self {
             Op::Merge { key, .. }
+            | Op::MergeUnseen { key, .. }
             | Op::Replace { key, .. }
             | Op::CreateIfMissing { key, .. }
             | Op::ClearPending { key }
@@ -137,7 +141,8 @@ struct StateRow {
 
 #[derive(Default)]
 struct Slot {
-    write: Mutex<()>,
+    /// Serialises writes of one serial; owned guards let the commit tail outlive a dropped caller.
+    write: Arc<Mutex<()>>,
     buckets: RwLock<Buckets>,
 }
 
@@ -172,11 +177,13 @@ impl Store {
             };
             let slot = slots.entry(serial).or_default();
             if let Ok(mut b) = slot.buckets.write() {
-                b.insert(key, Arc::new(Bucket { revision, timestamp, value, updated_at }));
+                b.insert(key, Arc::new(Bucket { revision, timestamp, value, updated_at, unconfirmed: false }));
             }
         }
         let last_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM roost_changes").fetch_one(&pool).await?;
-        let writer = writer::spawn(writer_conn, last_id.unwrap_or(0) + 1, 4096);
+        let next_id = last_id.unwrap_or(0) + 1;
+        hub.start_ids_at(next_id);
+        let writer = writer::spawn(writer_conn, next_id, 4096);
         Ok(Self { slots: RwLock::new(slots), writer, pool, hub })
     }
 
@@ -261,7 +268,7 @@ impl Store {
         event: impl FnOnce(&[Written]) -> Option<Event>,
     ) -> Result<Applied, UpdateError<E>> {
         let slot = self.slot_or_create(serial);
-        let _guard = slot.write.lock().await;
+        let guard = slot.write.clone().lock_owned().await;
         let current = slot.buckets.read().map(|b| b.clone()).unwrap_or_default();
         let ops = plan(&current).map_err(UpdateError::Plan)?;
 
@@ -272,7 +279,7 @@ impl Store {
         for op in ops {
             let key = op.key().to_string();
             let existing = next.get(&key).cloned();
-            let (outcome, bucket) = compute(op, existing.as_deref(), now, force);
+            let (outcome, bucket) = compute(op, existing.as_deref(), now, force, origin);
             let bucket = match (outcome, bucket) {
                 (Outcome::Changed, Some(b)) => {
                     let b = Arc::new(b);
@@ -295,14 +302,47 @@ impl Store {
         let ops =
             buckets.iter().map(|(key, bucket)| DbOp::Upsert { key: key.clone(), bucket: bucket.clone() }).collect();
         let event = event(&written);
-        let id = self.commit(serial, origin, ops, event.as_ref()).await.map_err(UpdateError::Store)?;
-        if let Ok(mut b) = slot.buckets.write() {
-            *b = next;
-        }
-        let change =
-            Arc::new(Change { id, serial: serial.to_string(), origin, buckets, deleted: false, event, at_ms: now });
-        self.hub.publish(change.clone());
+        let change = Change { id: 0, serial: serial.to_string(), origin, buckets, deleted: false, event, at_ms: now };
+        let change = self.finish(Some((slot, guard, next)), change, ops).await.map_err(UpdateError::Store)?;
         Ok(Applied { written, change: Some(change) })
+    }
+
+    /// Commits, then installs the new buckets and publishes the change — in a task of its own,
+    /// so a caller that goes away mid-write (a client hanging up, shutdown) can never leave
+    /// SQLite and memory disagreeing. The serial's write lock is held until the end.
+    async fn finish(
+        &self,
+        install: Option<(Arc<Slot>, OwnedMutexGuard<()>, Buckets)>,
+        mut change: Change,
+        ops: Vec<DbOp>,
+    ) -> Result<Arc<Change>, StoreError> {
+        let writer = self.writer.clone();
+        let hub = self.hub.clone();
+        let task = tokio::spawn(async move {
+            let id = commit(&writer, &change.serial, change.origin, ops, change.event.as_ref()).await?;
+            change.id = id;
+            if let Some((slot, _guard, next)) = install {
+                if let Ok(mut b) = slot.buckets.write() {
+                    *b = next;
+                }
+            }
+            let change = Arc::new(change);
+            hub.publish(change.clone());
+            Ok(change)
+        });
+        task.await.map_err(|e| StoreError::Unavailable(format!("write task failed: {e}")))?
+    }
+
+    /// Marks a bucket's server change as confirmed: the device listed it with the current
+    /// timestamp, so it holds that version.
+    pub async fn confirm(&self, serial: &str, key: &str, device_timestamp: i64) {
+        let Some(slot) = self.slot(serial) else { return };
+        let _guard = slot.write.lock().await;
+        if let Ok(mut buckets) = slot.buckets.write() {
+            if let Some(b) = buckets.get_mut(key).filter(|b| b.unconfirmed && device_timestamp >= b.timestamp) {
+                *b = Arc::new(Bucket { unconfirmed: false, ..(**b).clone() });
+            }
+        }
     }
 
     /// Pushes every bucket of a serial to its held subscribes again (`/notify-device`).
@@ -316,81 +356,75 @@ impl Store {
         if buckets.is_empty() {
             return Ok(None);
         }
-        let id = self.commit(serial, Origin::Notify, Vec::new(), None).await?;
-        let change = Arc::new(Change {
-            id,
+        let change = Change {
+            id: 0,
             serial: serial.to_string(),
             origin: Origin::Notify,
             buckets,
             deleted: false,
             event: None,
             at_ms: now_ms(),
-        });
-        self.hub.publish(change.clone());
-        Ok(Some(change))
+        };
+        self.finish(None, change, Vec::new()).await.map(Some)
     }
 
     /// Journals and publishes a named event that changes no bucket (availability, pairing).
     pub async fn record(&self, serial: &str, origin: Origin, event: Event) -> Result<Arc<Change>, StoreError> {
-        let id = self.commit(serial, origin, Vec::new(), Some(&event)).await?;
-        let change = Arc::new(Change {
-            id,
+        let change = Change {
+            id: 0,
             serial: serial.to_string(),
             origin,
             buckets: Vec::new(),
             deleted: false,
             event: Some(event),
             at_ms: now_ms(),
-        });
-        self.hub.publish(change.clone());
-        Ok(change)
+        };
+        self.finish(None, change, Vec::new()).await
     }
 
     /// Removes every bucket of a serial. Returns how many there were.
     pub async fn delete_device(&self, serial: &str, event: Event) -> Result<usize, StoreError> {
         let Some(slot) = self.slot(serial) else { return Ok(0) };
-        let _guard = slot.write.lock().await;
+        let guard = slot.write.clone().lock_owned().await;
         let count = slot.buckets.read().map(|b| b.len()).unwrap_or(0);
         if count == 0 {
             return Ok(0);
         }
-        let id = self.commit(serial, Origin::Server, vec![DbOp::DeleteSerial], Some(&event)).await?;
-        if let Ok(mut b) = slot.buckets.write() {
-            b.clear();
-        }
-        self.hub.publish(Arc::new(Change {
-            id,
+        let change = Change {
+            id: 0,
             serial: serial.to_string(),
             origin: Origin::Server,
             buckets: Vec::new(),
             deleted: true,
             event: Some(event),
             at_ms: now_ms(),
-        }));
+        };
+        self.finish(Some((slot, guard, Buckets::new())), change, vec![DbOp::DeleteSerial]).await?;
         Ok(count)
     }
+}
 
-    async fn commit(
-        &self,
-        serial: &str,
-        origin: Origin,
-        ops: Vec<DbOp>,
-        event: Option<&Event>,
-    ) -> Result<i64, StoreError> {
-        let (ack, done) = oneshot::channel();
-        let commit = Commit {
-            serial: serial.to_string(),
-            origin: origin.as_str(),
-            ops,
-            event: event.map(|e| (e.kind, e.detail.to_string())),
-            ack,
-        };
-        self.writer.send(commit).await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-        match done.await {
-            Ok(Ok(id)) => Ok(id),
-            Ok(Err(e)) => Err(StoreError::Unavailable(e)),
-            Err(_) => Err(StoreError::Unavailable("writer stopped".into())),
-        }
+/// Hands a commit to the writer and waits until it is durable; returns its change id.
+async fn commit(
+    writer: &mpsc::Sender<Commit>,
+    serial: &str,
+    origin: Origin,
+    ops: Vec<DbOp>,
+    event: Option<&Event>,
+) -> Result<i64, StoreError> {
+    let (ack, done) = oneshot::channel();
+    let commit = Commit {
+        serial: serial.to_string(),
+        origin: origin.as_str(),
+        ops,
+        event: event.map(|e| (e.kind, e.detail.to_string())),
+        ack,
+    };
+    writer.send(commit).await.map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
+    match done.await {
+        Ok(Ok(id)) => Ok(id),
+        Ok(Err(e)) => Err(StoreError::Unavailable(e)),
+        Err(_) => Err(StoreError::Unavailable("writer stopped".into())),
     }
 }
 
@@ -403,12 +437,14 @@ pub enum UpdateError<E> {
 }
 
 /// Computes one bucket write. Returns the outcome and, when it changed, the new bucket.
-fn compute(op: Op, existing: Option<&Bucket>, now: i64, force: bool) -> (Outcome, Option<Bucket>) {
-    let bump = |value: Fields| Bucket {
+fn compute(op: Op, existing: Option<&Bucket>, now: i64, force: bool, origin: Origin) -> (Outcome, Option<Bucket>) {
+    let from_server = origin != Origin::Device;
+    let bump = |value: Fields, unconfirmed: bool| Bucket {
         revision: existing.map_or(1, |e| e.revision.saturating_add(1)),
         timestamp: next_timestamp(existing.map_or(0, |e| e.timestamp), now),
         value,
         updated_at: now,
+        unconfirmed,
     };
     match op {
         Op::Merge { fields, if_revision, .. } => {
@@ -421,23 +457,30 @@ fn compute(op: Op, existing: Option<&Bucket>, now: i64, force: bool) -> (Outcome
             if existing.is_some_and(|e| e.value == value) && !force {
                 return (Outcome::Unchanged, None);
             }
-            (Outcome::Changed, Some(bump(value)))
+            (Outcome::Changed, Some(bump(value, from_server)))
+        }
+        Op::MergeUnseen { fields, .. } => {
+            let value = existing.map_or_else(|| fields.clone(), |e| merged(&e.value, &fields));
+            if existing.is_some_and(|e| e.value == value) {
+                return (Outcome::Unchanged, None);
+            }
+            (Outcome::Changed, Some(bump(value, existing.is_some_and(|e| e.unconfirmed))))
         }
         Op::Replace { fields, .. } => {
             if existing.is_some_and(|e| e.value == fields) && !force {
                 return (Outcome::Unchanged, None);
             }
-            (Outcome::Changed, Some(bump(fields)))
+            (Outcome::Changed, Some(bump(fields, from_server)))
         }
         Op::CreateIfMissing { fields, .. } => match existing {
             Some(_) => (Outcome::Unchanged, None),
-            None => (Outcome::Changed, Some(bump(fields))),
+            None => (Outcome::Changed, Some(bump(fields, from_server))),
         },
         Op::ClearPending { .. } => match existing {
             Some(e) if e.value.get("target_change_pending") == Some(&Value::Bool(true)) => {
                 let mut value = e.value.clone();
                 value.insert("target_change_pending".into(), Value::Bool(false));
-                (Outcome::Changed, Some(Bucket { value, updated_at: now, ..e.clone() }))
+                (Outcome::Changed, Some(Bucket { value, updated_at: now, unconfirmed: false, ..e.clone() }))
             }
             _ => (Outcome::Unchanged, None),
         },
@@ -446,7 +489,7 @@ fn compute(op: Op, existing: Option<&Bucket>, now: i64, force: bool) -> (Outcome
             if existing.is_some_and(|e| e.value == value && e.timestamp >= timestamp) {
                 return (Outcome::Unchanged, None);
             }
-            (Outcome::Changed, Some(Bucket { revision, timestamp, value, updated_at: now }))
+            (Outcome::Changed, Some(Bucket { revision, timestamp, value, updated_at: now, unconfirmed: false }))
         }
     }
 }
@@ -461,7 +504,7 @@ mod tests {
     }
 
     fn bucket(rev: i64, ts: i64, v: Value) -> Bucket {
-        Bucket { revision: rev, timestamp: ts, value: f(v), updated_at: 0 }
+        Bucket { revision: rev, timestamp: ts, value: f(v), updated_at: 0, unconfirmed: false }
     }
 
     #[test]
@@ -472,11 +515,17 @@ mod tests {
             Some(&e),
             5000,
             false,
+            Origin::Device,
         );
         assert_eq!(o, Outcome::Unchanged);
         assert!(b.is_none());
-        let (o, b) =
-            compute(Op::Merge { key: "k".into(), fields: f(json!({"a": 1})), if_revision: None }, Some(&e), 5000, true);
+        let (o, b) = compute(
+            Op::Merge { key: "k".into(), fields: f(json!({"a": 1})), if_revision: None },
+            Some(&e),
+            5000,
+            true,
+            Origin::Command,
+        );
         assert_eq!(o, Outcome::Changed);
         assert_eq!(b.unwrap().revision, 5);
     }
@@ -489,6 +538,7 @@ mod tests {
             Some(&e),
             5000,
             false,
+            Origin::Device,
         );
         let b = b.unwrap();
         assert_eq!((b.revision, b.timestamp), (5, 9001));
@@ -499,20 +549,45 @@ mod tests {
     fn conditional_write_mismatch_is_a_conflict() {
         let e = bucket(5, 1000, json!({}));
         let op = Op::Merge { key: "k".into(), fields: f(json!({"t": 1})), if_revision: Some(3) };
-        assert_eq!(compute(op, Some(&e), 2000, false).0, Outcome::Conflict);
+        assert_eq!(compute(op, Some(&e), 2000, false, Origin::Device).0, Outcome::Conflict);
         let op = Op::Merge { key: "k".into(), fields: f(json!({"t": 1})), if_revision: Some(0) };
-        assert_eq!(compute(op, None, 2000, false).0, Outcome::Changed);
+        assert_eq!(compute(op, None, 2000, false, Origin::Device).0, Outcome::Changed);
+    }
+
+    #[test]
+    fn server_changes_are_unconfirmed_until_the_device_writes_on_top() {
+        let e = bucket(4, 1000, json!({"t": 20.0}));
+        let set = |o| {
+            compute(
+                Op::Merge { key: "k".into(), fields: f(json!({"t": 22.0})), if_revision: None },
+                Some(&e),
+                5000,
+                true,
+                o,
+            )
+        };
+        assert!(set(Origin::Command).1.unwrap().unconfirmed);
+        assert!(!set(Origin::Device).1.unwrap().unconfirmed);
+        let pending = Bucket { unconfirmed: true, ..e.clone() };
+        let (_, b) = compute(
+            Op::MergeUnseen { key: "k".into(), fields: f(json!({"h": 1})) },
+            Some(&pending),
+            5000,
+            false,
+            Origin::Device,
+        );
+        assert!(b.unwrap().unconfirmed, "a device write based on an older revision keeps the change unconfirmed");
     }
 
     #[test]
     fn clearing_pending_keeps_revision_and_timestamp() {
         let e = bucket(7, 1000, json!({"target_change_pending": true, "t": 20.0}));
-        let (o, b) = compute(Op::ClearPending { key: "k".into() }, Some(&e), 9000, false);
+        let (o, b) = compute(Op::ClearPending { key: "k".into() }, Some(&e), 9000, false, Origin::Device);
         assert_eq!(o, Outcome::Changed);
         let b = b.unwrap();
         assert_eq!((b.revision, b.timestamp), (7, 1000));
         assert_eq!(b.value["target_change_pending"], json!(false));
-        let (o, _) = compute(Op::ClearPending { key: "k".into() }, Some(&b), 9000, false);
+        let (o, _) = compute(Op::ClearPending { key: "k".into() }, Some(&b), 9000, false, Origin::Device);
         assert_eq!(o, Outcome::Unchanged);
     }
 }

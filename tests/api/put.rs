@@ -144,3 +144,22 @@ async fn fifty_connections_putting_to_200_serials_all_succeed() {
         assert_eq!(value["seq"], 4, "{serial}: {value}");
     }
 }
+
+#[tokio::test]
+async fn a_lagging_base_revision_alone_changes_nothing_and_echoes_nothing() {
+    let app = TestApp::start(&[]).await;
+    let t = app.booted(SERIAL).await;
+    let (mut held, _) = t.open_subscribe().await.unwrap();
+    // Captured firmware PUTs with a base revision behind the one it holds; that is informational.
+    let body = json!({"session": "s", "objects": [{"object_key": device(), "base_object_revision": 14, "value": {"battery_level": 3.822, "current_humidity": 44}}]});
+    let first = put(&app.device, SERIAL, body.clone()).await;
+    let again = put(&app.device, SERIAL, body).await;
+    assert_eq!(first, again, "the identical PUT keeps revision and timestamp");
+    let listed = app.listing_of(SERIAL).await;
+    let stored = listed["objects"].as_array().unwrap().iter().find(|o| o["object_key"] == device()).unwrap();
+    assert_eq!(
+        stored["object_timestamp"], first["objects"][0]["object_timestamp"],
+        "the receipt is the stored version"
+    );
+    assert!(held.next_chunk_within(std::time::Duration::from_millis(300)).await.is_err(), "nothing pushed back");
+}
