@@ -14,6 +14,10 @@ use tokio::net::TcpStream;
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// Largest response head and body this client accepts: a peer cannot make it allocate more.
+pub const MAX_HEAD: usize = 64 * 1024;
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+
 fn invalid(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
@@ -195,9 +199,19 @@ impl Conn {
         self.io.get_mut().flush().await
     }
 
+    /// One line, refusing lines longer than the head limit.
+    async fn line(&mut self, line: &mut String) -> io::Result<usize> {
+        line.clear();
+        let n = (&mut self.io).take(MAX_HEAD as u64).read_line(line).await?;
+        if n >= MAX_HEAD {
+            return Err(invalid("response line too long"));
+        }
+        Ok(n)
+    }
+
     pub async fn read_head(&mut self) -> io::Result<Head> {
         let mut line = String::new();
-        if self.io.read_line(&mut line).await? == 0 {
+        if self.line(&mut line).await? == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a response"));
         }
         let status = line
@@ -206,9 +220,12 @@ impl Conn {
             .and_then(|s| s.parse::<u16>().ok())
             .ok_or_else(|| invalid(format!("bad status line: {line:?}")))?;
         let mut headers = Vec::new();
+        let mut head_size = line.len();
         loop {
-            line.clear();
-            self.io.read_line(&mut line).await?;
+            head_size += self.line(&mut line).await?;
+            if head_size > MAX_HEAD {
+                return Err(invalid("response head too large"));
+            }
             let l = line.trim_end();
             if l.is_empty() {
                 break;
@@ -229,17 +246,18 @@ impl Conn {
             return Ok(None);
         }
         let mut line = String::new();
-        if self.io.read_line(&mut line).await? == 0 {
+        if self.line(&mut line).await? == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed inside a chunked body"));
         }
         let size_text = line.trim().split(';').next().unwrap_or_default();
         let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
+        if size > MAX_BODY {
+            return Err(invalid(format!("chunk of {size} bytes is over the limit")));
+        }
         if size == 0 {
             // Trailer section: lines until an empty one.
             loop {
-                line.clear();
-                self.io.read_line(&mut line).await?;
-                if line.trim().is_empty() {
+                if self.line(&mut line).await? == 0 || line.trim().is_empty() {
                     break;
                 }
             }
@@ -264,17 +282,26 @@ impl Conn {
         if self.chunked {
             let mut all = BytesMut::new();
             while let Some(chunk) = self.next_chunk().await? {
+                if all.len() + chunk.len() > MAX_BODY {
+                    return Err(invalid("response body over the limit"));
+                }
                 all.extend_from_slice(&chunk);
             }
             return Ok(all.freeze());
         }
         if let Some(len) = head.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            if len > MAX_BODY {
+                return Err(invalid(format!("response body of {len} bytes is over the limit")));
+            }
             let mut data = vec![0u8; len];
             self.io.read_exact(&mut data).await?;
             return Ok(Bytes::from(data));
         }
         let mut data = Vec::new();
-        self.io.read_to_end(&mut data).await?;
+        (&mut self.io).take(MAX_BODY as u64 + 1).read_to_end(&mut data).await?;
+        if data.len() > MAX_BODY {
+            return Err(invalid("response body over the limit"));
+        }
         Ok(Bytes::from(data))
     }
 

@@ -22,6 +22,8 @@ use crate::{AppState, Config, control_api, device_api, hub, state, tls};
 const SHUTDOWN_GRACE_SECS: u64 = 5;
 /// Kernel send buffer of a control-port connection.
 const CONTROL_SEND_BUFFER: usize = 64 * 1024;
+/// How long a control-port peer may leave sent data unacknowledged before the kernel drops it.
+const CONTROL_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Application {
     device_addr: SocketAddr,
@@ -128,7 +130,12 @@ impl Application {
             // A fixed send buffer bounds what an event-stream client that stopped reading can
             // hold in the kernel, so it falls behind its queue and is cut off (it resumes by id).
             if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = socket2::SockRef::from(tcp).set_send_buffer_size(CONTROL_SEND_BUFFER);
+                let socket = socket2::SockRef::from(tcp);
+                let _ = socket.set_send_buffer_size(CONTROL_SEND_BUFFER);
+                // A peer that stops reading (zero window) is dropped by the kernel after this,
+                // which ends its event stream and frees its slot.
+                #[cfg(any(target_os = "linux", target_os = "android"))]
+                let _ = socket.set_tcp_user_timeout(Some(CONTROL_STALL_TIMEOUT));
             }
         })
         .listen(control_listener)?;

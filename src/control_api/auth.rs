@@ -34,6 +34,16 @@ impl Access {
         self.keys.iter().fold(false, |found, key| found | bool::from(key.as_bytes().ct_eq(given)))
     }
 
+    /// A browser request from another site (its `Origin` is neither this host nor allowed).
+    fn foreign_origin(&self, req: &ServiceRequest) -> bool {
+        let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return false };
+        if self.origins.iter().any(|o| o == origin || o == "*") {
+            return false;
+        }
+        let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        origin.split_once("://").map(|(_, authority)| authority) != Some(host)
+    }
+
     fn allowed_origin(&self, req: &ServiceRequest) -> Option<HeaderValue> {
         let origin = req.headers().get(header::ORIGIN)?;
         let text = origin.to_str().ok()?;
@@ -135,6 +145,11 @@ where
         }
     }
     let changes_state = matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH);
+    if changes_state && access.foreign_origin(&req) {
+        // Another web page (or a DNS-rebinding attack) trying to change a thermostat.
+        let res = reject(req, StatusCode::FORBIDDEN, "Origin not allowed (set CORS_ORIGINS)");
+        return Box::pin(async move { Ok(res) });
+    }
     if changes_state && has_body(&req) && !is_json(&req) {
         let res = reject(req, StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json");
         return Box::pin(async move { Ok(res) });

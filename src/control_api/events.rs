@@ -26,7 +26,7 @@ pub const NAMED_EVENTS: [&str; 3] = ["command", "availability", "pairing"];
 /// (it resumes by id), so a stuck client never grows the server's memory.
 const CLIENT_QUEUE: usize = 256;
 /// The most events replayed to a resuming client; further behind, it is told to reset.
-const MAX_REPLAY: i64 = 10_000;
+const MAX_REPLAY: i64 = 2_000;
 /// How long the browser waits before reconnecting.
 const RETRY_MS: u64 = 3000;
 
@@ -118,6 +118,9 @@ struct Client {
 /// Every open event stream, and the task that fans committed changes out to them.
 pub struct EventStreams {
     clients: Mutex<HashMap<u64, Client>>,
+    /// Open responses, counted until each is dropped (a cut-off client still holds its socket
+    /// until the connection goes), so `SSE_MAX_CLIENTS` bounds them all.
+    open: std::sync::atomic::AtomicUsize,
     next_id: AtomicU64,
     max_clients: usize,
     sent: AtomicU64,
@@ -128,6 +131,7 @@ impl EventStreams {
     pub fn new(max_clients: usize) -> Arc<Self> {
         Arc::new(Self {
             clients: Mutex::new(HashMap::new()),
+            open: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max_clients,
             sent: AtomicU64::new(0),
@@ -183,9 +187,10 @@ impl EventStreams {
 
     fn register(self: &Arc<Self>, filter: Filter) -> Option<(Registration, mpsc::Receiver<Arc<Rendered>>)> {
         let mut clients = self.clients.lock().ok()?;
-        if clients.len() >= self.max_clients {
+        if self.open.load(Ordering::SeqCst) >= self.max_clients {
             return None;
         }
+        self.open.fetch_add(1, Ordering::SeqCst);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
         let sent = Arc::new(AtomicU64::new(0));
@@ -194,7 +199,7 @@ impl EventStreams {
     }
 
     pub fn open_count(&self) -> usize {
-        self.clients.lock().map(|c| c.len()).unwrap_or(0)
+        self.open.load(Ordering::SeqCst)
     }
 
     pub fn stats(&self) -> Value {
@@ -222,7 +227,7 @@ impl EventStreams {
             })
             .unwrap_or_default();
         json!({
-            "open_streams": streams.len(),
+            "open_streams": self.open_count(),
             "max_clients": self.max_clients,
             "events_sent": self.sent.load(Ordering::Relaxed),
             "clients_dropped": self.dropped.load(Ordering::Relaxed),
@@ -243,6 +248,7 @@ impl Drop for Registration {
         if let Ok(mut clients) = self.streams.clients.lock() {
             clients.remove(&self.id);
         }
+        self.streams.open.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

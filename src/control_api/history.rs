@@ -29,17 +29,13 @@ fn parse_since(raw: Option<&str>) -> Result<i64, ApiError> {
     if let Ok(ms) = raw.parse::<i64>() {
         return Ok(ms);
     }
-    let (number, unit) = raw.split_at(raw.len() - 1);
-    let factor = match unit {
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => DAY_MS,
-        _ => 0,
-    };
-    match number.parse::<i64>() {
-        Ok(n) if factor > 0 && n > 0 => Ok(now - n * factor),
-        _ => Err(ApiError::bad_request(format!("since '{raw}' must be milliseconds since 1970 or like 24h, 7d, 90m"))),
-    }
+    let relative = [("m", 60_000), ("h", 3_600_000), ("d", DAY_MS)].into_iter().find_map(|(unit, factor)| {
+        let n = raw.strip_suffix(unit)?.parse::<i64>().ok().filter(|n| *n > 0)?;
+        now.checked_sub(n.checked_mul(factor)?)
+    });
+    relative.ok_or_else(|| {
+        ApiError::bad_request(format!("since '{raw}' must be milliseconds since 1970 or like 24h, 7d, 90m"))
+    })
 }
 
 pub async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -193,5 +189,7 @@ mod tests {
         let d = parse_since(Some("7d")).unwrap();
         assert!((now - 7 * DAY_MS - d).abs() < 5000);
         assert!(parse_since(Some("soon")).is_err());
+        assert!(parse_since(Some("5é")).is_err(), "no panic on a multi-byte suffix");
+        assert!(parse_since(Some("99999999999999999d")).is_err(), "no overflow");
     }
 }

@@ -111,7 +111,11 @@ pub fn status_object(state: &AppState, serial: &str) -> Value {
     };
     let mut out = Map::new();
     out.insert("serial".into(), json!(serial));
-    out.insert("api_key".into(), json!(presence.as_ref().and_then(|p| p.api_key.clone())));
+    // The thermostat's own password unlocks its local settings API: only shown to clients that
+    // proved they hold the control port's key (the key, not openness, is the gate).
+    let api_key =
+        if state.config.api_keys().is_empty() { None } else { presence.as_ref().and_then(|p| p.api_key.clone()) };
+    out.insert("api_key".into(), json!(api_key));
     out.insert("is_available".into(), json!(state.availability.is_available(serial)));
     out.insert("last_seen".into(), json!(presence.as_ref().map(|p| iso8601(p.last_seen_ms))));
     out.insert("name".into(), name);

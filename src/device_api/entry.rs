@@ -19,7 +19,8 @@ pub async fn entry(state: web::Data<AppState>) -> HttpResponse {
         "transport_url": url("/nest/transport"),
         "direct_transport_url": url("/nest/transport"),
         "passphrase_url": url("/nest/passphrase"),
-        "ping_url": url("/nest/ping"),
+        // As the reference advertises it: the firmware's use of this URL is undocumented.
+        "ping_url": url("/nest/transport"),
         "pro_info_url": url("/nest/pro_info"),
         "weather_url": url("/nest/weather/v1?query="),
         "upload_url": url("/nest/upload"),

@@ -60,15 +60,41 @@ async fn is_reference_database(pool: &SqlitePool) -> anyhow::Result<bool> {
 /// Parses a stored JSON object. Rows written by the Python reference may hold bare `NaN` or
 /// `Infinity`, which are not JSON; those become `null` rather than losing the bucket.
 pub fn parse_stored_object(text: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
-    let parsed = serde_json::Value::from_str(text).ok().or_else(|| {
-        let repaired = text.replace("-Infinity", "null").replace("Infinity", "null").replace("NaN", "null");
-        serde_json::Value::from_str(&repaired).ok()
-    })?;
+    let parsed = serde_json::Value::from_str(text)
+        .ok()
+        .or_else(|| serde_json::Value::from_str(&replace_non_json_numbers(text)).ok())?;
     match parsed {
         serde_json::Value::Object(map) => Some(map),
         serde_json::Value::Null => Some(serde_json::Map::new()),
         _ => None,
     }
+}
+
+/// `NaN`, `Infinity` and `-Infinity` outside strings become `null`; strings are left alone.
+fn replace_non_json_numbers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    let mut in_string = false;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            if c == '\\' {
+                let escaped: String = rest.chars().take(2).collect();
+                out.push_str(&escaped);
+                rest = &rest[escaped.len()..];
+                continue;
+            }
+            in_string = c != '"';
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(token) = ["-Infinity", "Infinity", "NaN"].into_iter().find(|t| rest.starts_with(t)) {
+            out.push_str("null");
+            rest = &rest[token.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
 }
 
 #[cfg(test)]
@@ -81,5 +107,8 @@ mod tests {
         assert!(m["a"].is_null());
         assert_eq!(m["b"].to_string(), "21.0");
         assert!(parse_stored_object("[1]").is_none());
+        let m = parse_stored_object(r#"{"name": "Infinity Room \\\"NaN\\\"", "t": -Infinity}"#).unwrap();
+        assert_eq!(m["name"], "Infinity Room \\\"NaN\\\"");
+        assert!(m["t"].is_null());
     }
 }

@@ -102,7 +102,7 @@ async fn status_has_the_reference_keys_in_order_and_the_booted_values() {
     assert_eq!(keys(&status), STATUS_KEYS);
     assert!(status["last_seen"].is_string(), "{status}");
     let mut expected = json!({
-        "serial": SERIAL, "api_key": "pw-02aa01ac12345678", "is_available": true, "last_seen": status["last_seen"],
+        "serial": SERIAL, "api_key": null, "is_available": true, "last_seen": status["last_seen"],
         "name": SERIAL, "current_temperature": 21.5, "target_temperature": 20.0, "target_temperature_high": 24.0,
         "target_temperature_low": 18.0, "humidity": 45, "target_humidity": null, "target_humidity_enabled": false,
         "mode": "heat",
@@ -1048,12 +1048,8 @@ async fn the_bearer_scheme_is_case_insensitive() {
 
 #[tokio::test]
 async fn the_web_ui_is_served_from_the_binary_and_open_with_a_key_set() {
-    let app = crate::helpers::TestApp::start(&["--control-api-key=k"]).await;
-    let page = app
-        .control
-        .send(&roost::sim::http::Request::get("/").header("X-Ingress-Path", "/api/hassio_ingress/x\"y"))
-        .await
-        .unwrap();
+    let app = TestApp::start(&["--control-api-key=k"]).await;
+    let page = app.control.send(&Request::get("/").header("X-Ingress-Path", "/api/hassio_ingress/x\"y")).await.unwrap();
     assert_eq!(page.status(), 200);
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     let html = String::from_utf8(page.body.to_vec()).unwrap();
@@ -1061,10 +1057,43 @@ async fn the_web_ui_is_served_from_the_binary_and_open_with_a_key_set() {
     assert!(!html.contains("http://") && !html.contains("https://"), "no external requests");
     for (path, mime) in [("/ui/app.js", "text/javascript; charset=utf-8"), ("/ui/style.css", "text/css; charset=utf-8")]
     {
-        let r = app.control.send(&roost::sim::http::Request::get(path)).await.unwrap();
+        let r = app.control.send(&Request::get(path)).await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
         assert_eq!(r.header("content-type"), Some(mime));
     }
-    let api = app.control.send(&roost::sim::http::Request::get("/api/devices")).await.unwrap();
+    let api = app.control.send(&Request::get("/api/devices")).await.unwrap();
     assert_eq!(api.status(), 401);
+}
+
+#[tokio::test]
+async fn other_sites_cannot_change_state_and_the_device_password_needs_the_key() {
+    let app = TestApp::start(&["--cors-origins=http://ui.example"]).await;
+    app.booted(SERIAL).await;
+    let body = json!({"serial": SERIAL, "command": "set_temperature", "value": 21.0});
+    let r =
+        app.control.send(&Request::post("/command").header("Origin", "http://evil.example").json(&body)).await.unwrap();
+    assert_eq!(r.status(), 403, "a foreign page's POST is refused");
+    let host = format!("127.0.0.1:{}", app.control_port());
+    let r = app
+        .control
+        .send(&Request::post("/command").header("Origin", &format!("http://{host}")).json(&body))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the web UI's own origin may");
+    let r =
+        app.control.send(&Request::post("/command").header("Origin", "http://ui.example").json(&body)).await.unwrap();
+    assert_eq!(r.status(), 200, "a configured origin may");
+    let status = app.control.send(&Request::get(&format!("/status?serial={SERIAL}"))).await.unwrap().json().unwrap();
+    assert_eq!(status["api_key"], Value::Null, "no device password without a control key");
+
+    let keyed = TestApp::start(&["--control-api-key=k"]).await;
+    keyed.booted(SERIAL).await;
+    let status = keyed
+        .control
+        .send(&Request::get(&format!("/status?serial={SERIAL}")).header("X-API-Key", "k"))
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(status["api_key"], "pw-02aa01ac12345678");
 }
