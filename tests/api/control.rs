@@ -1076,7 +1076,7 @@ async fn other_sites_cannot_change_state_and_the_device_password_needs_the_key()
     let host = format!("127.0.0.1:{}", app.control_port());
     let r = app
         .control
-        .send(&Request::post("/command").header("Origin", &format!("http://{host}")).json(&body))
+        .send(&Request::post("/command").header("Origin", format!("http://{host}")).json(&body))
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "the web UI's own origin may");
