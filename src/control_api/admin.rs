@@ -46,20 +46,8 @@ pub async fn dismiss_pairing(req: HttpRequest, state: web::Data<AppState>) -> Re
             .json(json!({"success": true, "message": format!("No pairing dialog to dismiss for {serial}")})));
     }
     let event = Event { kind: "pairing", detail: json!({"action": "dismissed"}) };
-    state
-        .store
-        .update_with_event(
-            &serial,
-            Origin::Pairing,
-            true,
-            |_| Ok::<_, std::convert::Infallible>(vec![Op::Replace { key, fields: Default::default() }]),
-            |_| Some(event),
-        )
-        .await
-        .map_err(|e| match e {
-            crate::state::store::UpdateError::Store(s) => ApiError::from(s),
-            crate::state::store::UpdateError::Plan(never) => match never {},
-        })?;
+    let ops = vec![Op::Replace { key, fields: Default::default() }];
+    state.store.plan(&serial, Origin::Pairing, true, |_| ops, Some(event)).await?;
     Ok(HttpResponse::Ok().json(json!({"success": true, "message": format!("Pairing dialog dismissed for {serial}")})))
 }
 

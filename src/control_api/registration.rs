@@ -11,7 +11,6 @@ use crate::domain::serial;
 use crate::domain::time::now_ms;
 use crate::error::ApiError;
 use crate::state::pairing::{ClaimError, DEFAULT_USER};
-use crate::state::store::UpdateError;
 use crate::state::{Event, Op, Origin};
 
 fn fail(message: impl Into<String>) -> ApiError {
@@ -44,14 +43,7 @@ pub async fn register(payload: web::Payload, state: web::Data<AppState>) -> Resu
         .map(|(key, fields)| Op::Merge { key, fields, if_revision: None })
         .collect();
     let event = Event { kind: "pairing", detail: json!({"action": "paired", "user": user}) };
-    state
-        .store
-        .update_with_event(&serial, Origin::Pairing, true, |_| Ok::<_, std::convert::Infallible>(ops), |_| Some(event))
-        .await
-        .map_err(|e| match e {
-            UpdateError::Store(s) => ApiError::from(s),
-            UpdateError::Plan(never) => match never {},
-        })?;
+    state.store.plan(&serial, Origin::Pairing, true, |_| ops, Some(event)).await?;
     tracing::info!(%serial, user, "thermostat paired");
     Ok(HttpResponse::Ok().json(json!({
         "success": true,

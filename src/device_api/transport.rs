@@ -163,32 +163,43 @@ async fn apply_device_values(
     }
     state
         .store
-        .update(serial, Origin::Device, false, |current| {
-            let mut ops = Vec::new();
-            for e in with_values {
-                let fields = e.value.clone().unwrap_or_default();
-                let server_ts = current.get(&e.key).map_or(0, |b| b.timestamp);
-                if e.revision == 0 && e.timestamp == 0 {
-                    ops.push(Op::Merge { key: e.key.clone(), fields: with_weave(fields, weave), if_revision: None });
-                } else if fields.get("target_change_pending") == Some(&Value::Bool(false))
-                    && e.key.starts_with("shared.")
-                {
-                    // Only an acknowledgement of the current version clears the flag; an older
-                    // one gets the newer bucket in the reply.
-                    if e.timestamp >= server_ts {
-                        ops.push(Op::ClearPending { key: e.key.clone() });
+        .plan(
+            serial,
+            Origin::Device,
+            false,
+            |current| {
+                let mut ops = Vec::new();
+                for e in with_values {
+                    let fields = e.value.clone().unwrap_or_default();
+                    let server_ts = current.get(&e.key).map_or(0, |b| b.timestamp);
+                    if e.revision == 0 && e.timestamp == 0 {
+                        ops.push(Op::Merge {
+                            key: e.key.clone(),
+                            fields: with_weave(fields, weave),
+                            if_revision: None,
+                        });
+                    } else if fields.get("target_change_pending") == Some(&Value::Bool(false))
+                        && e.key.starts_with("shared.")
+                    {
+                        // Only an acknowledgement of the current version clears the flag; an older
+                        // one gets the newer bucket in the reply.
+                        if e.timestamp >= server_ts {
+                            ops.push(Op::ClearPending { key: e.key.clone() });
+                        }
+                    } else if e.timestamp > server_ts {
+                        ops.push(Op::Adopt {
+                            key: e.key.clone(),
+                            fields,
+                            revision: e.revision,
+                            timestamp: e.timestamp,
+                        });
                     }
-                } else if e.timestamp > server_ts {
-                    ops.push(Op::Adopt { key: e.key.clone(), fields, revision: e.revision, timestamp: e.timestamp });
                 }
-            }
-            Ok::<_, std::convert::Infallible>(ops)
-        })
-        .await
-        .map_err(|e| match e {
-            crate::state::store::UpdateError::Store(s) => ApiError::from(s),
-            crate::state::store::UpdateError::Plan(never) => match never {},
-        })?;
+                ops
+            },
+            None,
+        )
+        .await?;
     Ok(())
 }
 
@@ -307,33 +318,36 @@ pub async fn put(
     let mut behind: Vec<String> = Vec::new();
     let applied = state
         .store
-        .update(&caller.serial, Origin::Device, false, |current| {
-            let mut ops = Vec::new();
-            for e in entries {
-                let Some(fields) = e.value.filter(|v| !v.is_empty()) else { continue };
-                let server = current.get(&e.key);
-                let unseen = e.if_revision.is_none()
-                    && server.is_some_and(|b| b.unconfirmed && e.base_revision.is_some_and(|base| base != b.revision));
-                let acknowledges =
-                    fields.len() == 1 && fields.get("target_change_pending") == Some(&Value::Bool(false));
-                if unseen {
-                    behind.push(e.key.clone());
+        .plan(
+            &caller.serial,
+            Origin::Device,
+            false,
+            |current| {
+                let mut ops = Vec::new();
+                for e in entries {
+                    let Some(fields) = e.value.filter(|v| !v.is_empty()) else { continue };
+                    let server = current.get(&e.key);
+                    let unseen = e.if_revision.is_none()
+                        && server
+                            .is_some_and(|b| b.unconfirmed && e.base_revision.is_some_and(|base| base != b.revision));
+                    let acknowledges =
+                        fields.len() == 1 && fields.get("target_change_pending") == Some(&Value::Bool(false));
+                    if unseen {
+                        behind.push(e.key.clone());
+                    }
+                    ops.push(match (acknowledges, unseen) {
+                        // Acknowledging an older push must not clear the flag of a newer one.
+                        (true, true) => Op::MergeUnseen { key: e.key, fields: Fields::new() },
+                        (true, false) if e.if_revision.is_none() => Op::ClearPending { key: e.key },
+                        (false, true) => Op::MergeUnseen { key: e.key, fields: with_weave(fields, &weave) },
+                        _ => Op::Merge { key: e.key, fields: with_weave(fields, &weave), if_revision: e.if_revision },
+                    });
                 }
-                ops.push(match (acknowledges, unseen) {
-                    // Acknowledging an older push must not clear the flag of a newer one.
-                    (true, true) => Op::MergeUnseen { key: e.key, fields: Fields::new() },
-                    (true, false) if e.if_revision.is_none() => Op::ClearPending { key: e.key },
-                    (false, true) => Op::MergeUnseen { key: e.key, fields: with_weave(fields, &weave) },
-                    _ => Op::Merge { key: e.key, fields: with_weave(fields, &weave), if_revision: e.if_revision },
-                });
-            }
-            Ok::<_, std::convert::Infallible>(ops)
-        })
-        .await
-        .map_err(|e| match e {
-            crate::state::store::UpdateError::Store(s) => ApiError::from(s),
-            crate::state::store::UpdateError::Plan(never) => match never {},
-        })?;
+                ops
+            },
+            None,
+        )
+        .await?;
     let objects: Vec<WireObject<'_>> = applied
         .written
         .iter()

@@ -237,7 +237,22 @@ impl Store {
 
     /// Applies fixed operations (see [`Store::update`]).
     pub async fn apply(&self, serial: &str, origin: Origin, force: bool, ops: Vec<Op>) -> Result<Applied, StoreError> {
-        match self.update(serial, origin, force, |_| Ok::<_, std::convert::Infallible>(ops)).await {
+        self.plan(serial, origin, force, |_| ops, None).await
+    }
+
+    /// [`Store::update_with_event`] for a plan that cannot fail.
+    pub async fn plan(
+        &self,
+        serial: &str,
+        origin: Origin,
+        force: bool,
+        plan: impl FnOnce(&Buckets) -> Vec<Op>,
+        event: Option<Event>,
+    ) -> Result<Applied, StoreError> {
+        let result = self
+            .update_with_event(serial, origin, force, |b| Ok::<_, std::convert::Infallible>(plan(b)), |_| event)
+            .await;
+        match result {
             Ok(applied) => Ok(applied),
             Err(UpdateError::Store(e)) => Err(e),
             Err(UpdateError::Plan(never)) => match never {},
