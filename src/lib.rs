@@ -40,6 +40,12 @@ impl AppState {
         }
     }
 
+    /// Whether a serial may take up state: known ones always; new ones while there is room, so a
+    /// flood of made-up serials cannot grow the database without end.
+    pub fn has_room_for(&self, serial: &str) -> bool {
+        self.is_known_device(serial) || self.store.serials().len() < MAX_DEVICES
+    }
+
     pub fn is_known_device(&self, serial: &str) -> bool {
         self.store.exists(serial) || self.pairing.owner(serial).is_some()
     }
@@ -55,6 +61,9 @@ impl AppState {
         }
     }
 }
+
+/// Far more thermostats than any home has.
+pub const MAX_DEVICES: usize = 1000;
 
 /// Everything the handlers of both ports share.
 pub struct AppState {

@@ -75,6 +75,9 @@ pub async fn pro_info(req: HttpRequest) -> HttpResponse {
 /// The pairing code shown on the thermostat. `expires` is a JSON number of milliseconds.
 pub async fn passphrase(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let caller = identify(&req, None).ok_or_else(serial_required)?;
+    if !state.has_room_for(&caller.serial) {
+        return Err(super::too_many_devices());
+    }
     state.seen(&caller.serial, caller.password.as_deref()).await;
     let ttl_ms = (state.config.entry_key_ttl_seconds as i64).saturating_mul(1000);
     let key = state.pairing.entry_key(&caller.serial, ttl_ms).await?;

@@ -73,6 +73,10 @@ pub(crate) fn identify(req: &HttpRequest, session: Option<&str>) -> Option<Calle
     Some(Caller { serial, password: basic.map(|(_, p)| p) })
 }
 
+pub(crate) fn too_many_devices() -> ApiError {
+    ApiError::unavailable(format!("roost already holds {} thermostats", crate::MAX_DEVICES))
+}
+
 pub(crate) fn serial_required() -> ApiError {
     ApiError::bad_request("Device serial required")
 }
@@ -116,6 +120,10 @@ pub(crate) async fn admit(state: &AppState, caller: &Caller, route: Gated) -> Re
 /// Records contact and, in open mode, adopts an unowned device for the default user so it
 /// receives a user and a structure bucket (without them the firmware cannot do away/eco).
 pub(crate) async fn arrived(state: &AppState, caller: &Caller) -> Result<Option<String>, ApiError> {
+    if !state.has_room_for(&caller.serial) {
+        tracing::warn!(serial = %caller.serial, "refused a new thermostat: MAX_DEVICES reached");
+        return Err(too_many_devices());
+    }
     let owner = match state.pairing.owner(&caller.serial) {
         Some(owner) => Some(owner),
         None if state.config.require_device_pairing => None,

@@ -87,7 +87,14 @@ pub enum Outcome {
     Unchanged,
     /// `if_object_revision` did not match; nothing written.
     Conflict,
+    /// Over a size limit (buckets per device, fields per bucket); nothing written.
+    Refused,
 }
+
+/// Limits far above what a thermostat stores (about 30 buckets, about 250 fields in the largest),
+/// so made-up data cannot grow a device without end.
+pub const MAX_BUCKETS_PER_DEVICE: usize = 256;
+pub const MAX_FIELDS_PER_BUCKET: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -294,7 +301,17 @@ impl Store {
         for op in ops {
             let key = op.key().to_string();
             let existing = next.get(&key).cloned();
-            let (outcome, bucket) = compute(op, existing.as_deref(), now, force, origin);
+            let (outcome, bucket) = if existing.is_none() && next.len() >= MAX_BUCKETS_PER_DEVICE {
+                (Outcome::Refused, None)
+            } else {
+                match compute(op, existing.as_deref(), now, force, origin) {
+                    (Outcome::Changed, Some(b)) if b.value.len() > MAX_FIELDS_PER_BUCKET => (Outcome::Refused, None),
+                    other => other,
+                }
+            };
+            if outcome == Outcome::Refused {
+                tracing::warn!(%serial, object_key = %key, "bucket write refused: over the size limits");
+            }
             let bucket = match (outcome, bucket) {
                 (Outcome::Changed, Some(b)) => {
                     let b = Arc::new(b);

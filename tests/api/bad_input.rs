@@ -111,3 +111,39 @@ async fn bad_commands_are_400s_a_person_can_act_on() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json().unwrap()["data"]["values"]["target_temperature"], json!(35.0));
 }
+
+#[tokio::test]
+async fn made_up_data_cannot_grow_a_device_without_end() {
+    let app = TestApp::start(&[]).await;
+    let objects: Vec<Value> = (0..300)
+        .map(|i| json!({"object_key": format!("where.{i:04}"), "value": {"name": format!("room {i}")}}))
+        .collect();
+    let r = put(&app.device, SERIAL, json!({"objects": objects})).await;
+    let stored = r["objects"].as_array().unwrap().iter().filter(|o| o["object_revision"] == 1).count();
+    assert_eq!(stored, roost::state::store::MAX_BUCKETS_PER_DEVICE, "buckets past the limit are refused");
+    assert_eq!(r["objects"][299], json!({"object_revision": 0, "object_timestamp": 0, "object_key": "where.0299"}));
+
+    let huge: serde_json::Map<String, Value> = (0..5000).map(|i| (format!("f{i}"), json!(i))).collect();
+    let r = put(
+        &app.device,
+        "02AA01AC00000009",
+        json!({"objects": [{"object_key": "device.02AA01AC00000009", "value": huge}]}),
+    )
+    .await;
+    assert_eq!(r["objects"][0]["object_revision"], 0, "a bucket over the field limit is refused");
+    // The server keeps serving, and ordinary writes still work.
+    let r = put(
+        &app.device,
+        SERIAL,
+        json!({"objects": [{"object_key": format!("device.{SERIAL}"), "value": {"ok": true}}]}),
+    )
+    .await;
+    assert_eq!(r["objects"][0]["object_revision"], 0, "the device already holds its bucket limit");
+    let r = put(
+        &app.device,
+        "02AA01AC00000010",
+        json!({"objects": [{"object_key": "device.02AA01AC00000010", "value": {"ok": true}}]}),
+    )
+    .await;
+    assert_eq!(r["objects"][0]["object_revision"], 1);
+}
