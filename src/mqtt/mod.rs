@@ -311,7 +311,18 @@ async fn run_commands(state: web::Data<AppState>, prefix: String, mut rx: mpsc::
         let parsed = commands::parse(&prefix, &topic, &payload);
         let outcome = match parsed {
             Ok((serial, name, value)) => {
-                crate::commands::execute(&state, &serial, name, &value).await.map(|_| ()).map_err(|e| e.to_string())
+                let done = crate::commands::execute(&state, &serial, name, &value).await.map_err(|e| e.to_string());
+                match (done, value.get("fan_timer_duration_minutes").and_then(serde_json::Value::as_i64)) {
+                    // A new fan duration from Home Assistant also restarts a running fan timer.
+                    (Ok(done), Some(minutes)) if fan_running(&state, &done.serial) => {
+                        let seconds = json!((minutes * 60).clamp(60, 43_200));
+                        crate::commands::execute(&state, &done.serial, "set_fan", &seconds)
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    }
+                    (done, _) => done.map(|_| ()),
+                }
             }
             Err(e) => Err(e),
         };
@@ -324,6 +335,14 @@ async fn run_commands(state: web::Data<AppState>, prefix: String, mut rx: mpsc::
             }
         }
     }
+}
+
+fn fan_running(state: &AppState, serial: &str) -> bool {
+    state
+        .store
+        .get(serial, &format!("device.{serial}"))
+        .and_then(|b| b.value.get("fan_timer_timeout").and_then(Value::as_i64))
+        .is_some_and(|t| t > now_s())
 }
 
 /// Decides what to publish and holds what is waiting for the broker.

@@ -360,6 +360,17 @@ async fn home_assistant_commands_reach_the_thermostat(broker: Broker) {
     .await
     .unwrap();
     rec.wait_payload(&ha(SERIAL, "fan_duration"), "30").await;
+    // With the fan running, a new duration restarts the timer with it.
+    rec.publish(&ha(SERIAL, "fan_mode/set"), "on").await;
+    rec.wait_payload(&ha(SERIAL, "fan_mode"), "on").await;
+    rec.publish(&ha(SERIAL, "fan_duration/set"), "120").await;
+    t.wait_for(WAIT, "the fan timer restarted for 2 hours", |s| {
+        let device = format!("device.{SERIAL}");
+        s.field(&device, "fan_timer_duration") == Some(&json!(7200))
+            && s.field(&device, "fan_timer_timeout").and_then(Value::as_i64).is_some_and(|t| t >= now + 7200)
+    })
+    .await
+    .unwrap();
 
     // Presets: away and back home.
     let away = |on: bool| {
@@ -388,7 +399,7 @@ async fn home_assistant_commands_reach_the_thermostat(broker: Broker) {
         .unwrap();
 
     let stats = mqtt_stats(&app).await;
-    assert_eq!((stats["commands_received"].clone(), stats["commands_rejected"].clone()), (json!(13), json!(0)));
+    assert_eq!((stats["commands_received"].clone(), stats["commands_rejected"].clone()), (json!(15), json!(0)));
     assert_eq!(stats["connected"], true);
     stop.cancel();
     runner.await.unwrap();
