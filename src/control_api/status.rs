@@ -6,7 +6,7 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::device_api::query_param;
-use crate::domain::bucket::Fields;
+use crate::domain::bucket::{Fields, truthy};
 use crate::domain::serial;
 use crate::domain::time::{iso8601, now_s};
 use crate::error::ApiError;
@@ -45,18 +45,6 @@ fn room_name(where_id: &str) -> Option<&'static str> {
         "1d" => "Back Door",
         _ => return None,
     })
-}
-
-/// Python truthiness, which the reference's `a or b` fallbacks rely on.
-fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
 }
 
 struct View<'a> {

@@ -65,6 +65,18 @@ pub fn server_is_newer(server_ts: i64, client_ts: i64) -> bool {
     client_ts == 0 || server_ts > client_ts
 }
 
+/// Python truthiness: the reference's `a or b` fallbacks and flag reads rely on it.
+pub fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
 /// Bucket type of an object key (`shared.02AA…` → `shared`).
 pub fn bucket_type(key: &str) -> &str {
     key.split_once('.').map_or(key, |(t, _)| t)

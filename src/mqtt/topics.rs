@@ -64,13 +64,7 @@ pub struct View<'a> {
 }
 
 fn truthy(v: Option<&Value>) -> bool {
-    match v {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
-        Some(Value::String(s)) => !s.is_empty(),
-        Some(_) => true,
-    }
+    v.is_some_and(crate::domain::bucket::truthy)
 }
 
 impl<'a> View<'a> {
