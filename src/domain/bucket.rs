@@ -164,7 +164,9 @@ pub fn parse_entries(body: &[u8], put: bool) -> Result<(Fields, Vec<Entry>), Bod
     Ok((root, entries))
 }
 
-fn entry_from(obj: &Fields, inline_fields: bool, at: &str) -> Result<Option<Entry>, BodyError> {
+/// One entry from an object carrying `object_key`; with `inline_fields` the value is the
+/// object's other fields (the bucket-keyed form), else its `value` member.
+pub(crate) fn entry_from(obj: &Fields, inline_fields: bool, at: &str) -> Result<Option<Entry>, BodyError> {
     let key = match obj.get("object_key") {
         Some(Value::String(k)) if !k.is_empty() => k.clone(),
         None | Some(Value::Null) => return Ok(None),
@@ -184,6 +186,11 @@ fn entry_from(obj: &Fields, inline_fields: bool, at: &str) -> Result<Option<Entr
             Some(_) => Err(BodyError::BadEntry(format!("{at}.{name} must be a number"))),
         }
     };
+    // Stored and looked up only under the canonical key (a corrupted copy would be a new bucket).
+    let key = crate::domain::key::canonical(&key).to_string();
+    if key.is_empty() {
+        return Ok(None);
+    }
     let revision = int("object_revision")?.unwrap_or(0);
     let timestamp = int("object_timestamp")?.unwrap_or(0);
     let if_revision = int("if_object_revision")?;

@@ -2,6 +2,8 @@
 
 pub mod bucket;
 pub mod command;
+pub mod key;
 pub mod schedule;
 pub mod serial;
 pub mod time;
+pub mod v3;

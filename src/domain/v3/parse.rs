@@ -1,0 +1,262 @@
+//! Device bodies of every shape → the entries the sync engine works on. Both known v3
+//! implementations accept every body shape on every path (only the response follows the
+//! path), so these parsers take the objects dialect's shapes as well as v3's.
+
+use serde_json::Value;
+
+use crate::domain::bucket::{self, BodyError, Entry, Fields, MAX_OBJECT_KEY_LEN};
+use crate::domain::key;
+
+/// One key a v3 subscribe lists. 4.0.6 says which version it holds; 4.3.3 sends bare keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub revision: Option<i64>,
+    pub timestamp: Option<i64>,
+}
+
+/// A parsed subscribe body.
+#[derive(Debug)]
+pub struct Subscribe {
+    pub root: Fields,
+    /// Entries of the objects-array and named-bucket forms.
+    pub entries: Vec<Entry>,
+    /// The v3 `keys` list, when the body has one and no `objects` array.
+    pub keys: Option<Vec<Listed>>,
+}
+
+impl Subscribe {
+    /// Whether this is a v3 `keys` body (always a long-poll, whatever `chunked` says).
+    pub fn is_keys(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// The entries to plan with. A listed key that does not say what the device holds takes
+    /// `held(key)`: the revision and timestamp last delivered to the device, which is all
+    /// the server can know of a device that sends bare keys.
+    pub fn into_entries(self, held: impl Fn(&str) -> Option<(i64, i64)>) -> Vec<Entry> {
+        let Some(keys) = self.keys else { return self.entries };
+        keys.into_iter()
+            .map(|l| {
+                let (revision, timestamp) = match l.timestamp {
+                    Some(ts) => (l.revision.unwrap_or(0), ts),
+                    None => held(&l.key).unwrap_or((l.revision.unwrap_or(0), 0)),
+                };
+                Entry { key: l.key, revision, timestamp, value: None, if_revision: None, base_revision: None }
+            })
+            .collect()
+    }
+
+    /// The body's `session`, else the `X-nl-session-id` header 4.0.6 may send instead.
+    pub fn session<'a>(&'a self, header: Option<&'a str>) -> Option<&'a str> {
+        self.root.get("session").and_then(Value::as_str).or(header).filter(|s| !s.is_empty())
+    }
+}
+
+/// A whole number, or `None` for anything else (a v3 key list is read leniently: a thermostat
+/// is never refused for it).
+fn whole(v: Option<&Value>) -> Option<i64> {
+    let n = v?.as_number()?;
+    n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
+}
+
+/// `{"keys":[{"key":K,"version":V,"timestamp":T}, …]}`: entries that are objects with a string
+/// key are kept (canonical, first of duplicates), anything else is dropped.
+fn listed_keys(items: &[Value]) -> Vec<Listed> {
+    let mut out: Vec<Listed> = Vec::with_capacity(items.len());
+    for item in items {
+        let Some(Value::String(raw)) = item.get("key") else { continue };
+        let canonical = key::canonical(raw);
+        if canonical.is_empty() || canonical.len() > MAX_OBJECT_KEY_LEN || out.iter().any(|l| l.key == canonical) {
+            continue;
+        }
+        out.push(Listed {
+            key: canonical.to_string(),
+            revision: whole(item.get("version")),
+            timestamp: whole(item.get("timestamp")),
+        });
+    }
+    out
+}
+
+/// A subscribe body: the objects array, named buckets, or the v3 `keys` list.
+pub fn subscribe(body: &[u8]) -> Result<Subscribe, BodyError> {
+    let (root, entries) = bucket::parse_entries(body, false)?;
+    let keys = match (root.get("objects"), root.get("keys")) {
+        (Some(Value::Array(_)), _) => None,
+        (_, Some(Value::Array(items))) => Some(listed_keys(items)),
+        _ => None,
+    };
+    Ok(Subscribe { root, entries, keys })
+}
+
+/// A PUT body: the objects array (which wins when present), bucket-keyed members, or v3
+/// members named after a bucket type holding buckets by id
+/// (`{"shared":{"S":{"target_temperature":21.5}}}`).
+pub fn put(body: &[u8]) -> Result<(Fields, Vec<Entry>), BodyError> {
+    let (root, mut entries) = bucket::parse_entries(body, true)?;
+    if matches!(root.get("objects"), Some(Value::Array(_))) {
+        return Ok((root, entries));
+    }
+    for (kind, member) in &root {
+        let Value::Object(by_id) = member else { continue };
+        if !key::is_known_type(kind) || by_id.contains_key("object_key") {
+            continue;
+        }
+        for (id, inner) in by_id {
+            let (Value::Object(fields), id) = (inner, key::canonical(id)) else { continue };
+            if id.is_empty() {
+                continue;
+            }
+            // The position names the bucket; metadata fields inside it are read as in the
+            // bucket-keyed form (stripped from the value, `if_object_revision` honoured).
+            let mut obj = fields.clone();
+            obj.insert("object_key".into(), Value::String(format!("{kind}.{id}")));
+            if let Some(entry) = bucket::entry_from(&obj, true, &format!("{kind}.{id}"))? {
+                entries.push(entry);
+            }
+        }
+    }
+    Ok((root, entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const S: &str = "02AA01AC12345678";
+
+    fn put_json(v: Value) -> Vec<Entry> {
+        put(v.to_string().as_bytes()).unwrap().1
+    }
+
+    fn value(e: &Entry) -> Value {
+        Value::Object(e.value.clone().unwrap_or_default())
+    }
+
+    // spec v3-firmware §7 vector 1
+    #[test]
+    fn nested_put_becomes_one_entry_per_bucket() {
+        let e = put_json(json!({
+            "shared": {S: {"target_temperature": 21.5, "current_humidity": 45}},
+            "device": {S: {"away": false}},
+        }));
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].key, format!("shared.{S}"));
+        assert_eq!(value(&e[0]), json!({"target_temperature": 21.5, "current_humidity": 45}));
+        assert_eq!(e[1].key, format!("device.{S}"));
+        assert_eq!(value(&e[1]), json!({"away": false}));
+        assert_eq!((e[0].revision, e[0].timestamp, e[0].if_revision), (0, 0, None));
+    }
+
+    // spec v3-firmware §7 vector 2
+    #[test]
+    fn session_unknown_types_and_non_objects_are_skipped() {
+        let e = put_json(json!({
+            "session": "abc",
+            "nonsense": {S: {"x": 1}},
+            "shared": {S: {"target_temperature": 20.0}, "invalid": 1},
+            "device": 5,
+        }));
+        assert_eq!(e.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), vec![format!("shared.{S}")]);
+    }
+
+    // spec v3-firmware §7 vector 3
+    #[test]
+    fn metadata_inside_a_nested_bucket_is_not_value() {
+        let e = put_json(json!({"shared": {S: {
+            "object_key": "shared.OTHER", "base_object_revision": 7, "if_object_revision": 7, "target_temperature": 19.0,
+        }}}));
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].key, format!("shared.{S}"), "the position names the bucket");
+        assert_eq!(value(&e[0]), json!({"target_temperature": 19.0}));
+        assert_eq!(e[0].if_revision, Some(7));
+        assert_eq!(e[0].base_revision, Some(7));
+    }
+
+    #[test]
+    fn an_empty_nested_bucket_carries_no_value() {
+        let e = put_json(json!({"shared": {S: {}}}));
+        assert!(e.iter().all(|e| e.value.is_none()), "{e:?}");
+    }
+
+    // spec v3-firmware §2.1: the objects array wins
+    #[test]
+    fn the_objects_array_wins_over_nested_members() {
+        let e = put_json(json!({
+            "objects": [{"object_key": format!("device.{S}"), "value": {"a": 1}}],
+            "shared": {S: {"target_temperature": 20.0}},
+        }));
+        assert_eq!(e.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), vec![format!("device.{S}")]);
+    }
+
+    // spec v3-firmware §7 vector 9
+    #[test]
+    fn corrupted_keys_are_canonical_in_every_put_shape() {
+        let e = put_json(json!({"objects": [{"object_key": format!("shared.{S} ._sync"), "value": {"a": 1}}]}));
+        assert_eq!(e[0].key, format!("shared.{S}"));
+        let e = put_json(json!({"shared": {format!("{S} ._sync"): {"a": 1}}}));
+        assert_eq!(e[0].key, format!("shared.{S}"));
+        let e = put_json(json!({"x": {"object_key": format!("device.{S} .$version .$version"), "a": 1}}));
+        assert_eq!(e[0].key, format!("device.{S}"));
+        assert!(put_json(json!({"shared": {" ._sync": {"a": 1}}})).is_empty());
+    }
+
+    #[test]
+    fn bad_metadata_in_a_nested_bucket_is_named() {
+        let err = put(json!({"shared": {S: {"if_object_revision": "x"}}}).to_string().as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), format!("shared.{S}.if_object_revision must be a number"));
+    }
+
+    // spec v3-firmware §7 vector 11
+    #[test]
+    fn keys_with_version_and_timestamp() {
+        let k = format!("shared.{S}");
+        let s =
+            subscribe(json!({"keys": [{"key": k, "version": 3, "timestamp": 123}]}).to_string().as_bytes()).unwrap();
+        assert!(s.is_keys());
+        assert_eq!(s.session(None), None);
+        let e = s.into_entries(|_| Some((99, 999)));
+        assert_eq!(e.len(), 1);
+        assert_eq!((e[0].key.as_str(), e[0].revision, e[0].timestamp), (k.as_str(), 3, 123));
+        assert!(e[0].value.is_none());
+    }
+
+    // spec v3-firmware §7 vector 12
+    #[test]
+    fn only_objects_with_a_string_key_count() {
+        let body = json!({"keys": [{"key": format!("device.{S}")}, {"not_a_key": "x"}, "str", {"key": 42},
+            {"key": format!("device.{S} ._sync")}, {"key": ""}]});
+        let s = subscribe(body.to_string().as_bytes()).unwrap();
+        let keys = s.keys.clone().unwrap();
+        assert_eq!(keys, vec![Listed { key: format!("device.{S}"), revision: None, timestamp: None }]);
+    }
+
+    #[test]
+    fn bare_keys_take_what_was_delivered() {
+        let body = json!({"keys": [{"key": "device.A"}, {"key": "shared.A"}, {"key": "user.x", "version": 2.0}]});
+        let e = subscribe(body.to_string().as_bytes()).unwrap().into_entries(|k| (k == "device.A").then_some((4, 40)));
+        let got: Vec<_> = e.iter().map(|e| (e.key.as_str(), e.revision, e.timestamp)).collect();
+        assert_eq!(got, vec![("device.A", 4, 40), ("shared.A", 0, 0), ("user.x", 2, 0)]);
+    }
+
+    #[test]
+    fn session_comes_from_the_body_then_the_header() {
+        let s = subscribe(br#"{"keys":[],"session":"b"}"#).unwrap();
+        assert_eq!(s.session(Some("h")), Some("b"));
+        let s = subscribe(br#"{"keys":[]}"#).unwrap();
+        assert_eq!(s.session(Some("h")), Some("h"));
+    }
+
+    #[test]
+    fn objects_bodies_still_parse_as_before() {
+        let body = json!({"chunked": true, "objects": [{"object_key": "device.A", "object_revision": 2, "object_timestamp": 5}],
+            "keys": [{"key": "shared.A"}]});
+        let s = subscribe(body.to_string().as_bytes()).unwrap();
+        assert!(!s.is_keys(), "the objects array wins");
+        let e = s.into_entries(|_| None);
+        assert_eq!((e[0].key.as_str(), e[0].revision, e[0].timestamp), ("device.A", 2, 5));
+        assert_eq!(subscribe(b"[]").unwrap_err(), BodyError::NotObject);
+    }
+}
