@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::domain::v3::profile::{Forced, Overrides};
+
 /// Largest suspend time a thermostat tolerates before it opens overlapping subscriptions.
 pub const SUSPEND_TIME_MAX_LIMIT: u64 = 350;
 /// Below this, `expires` would be less than 30 minutes ahead and the thermostat rejects the code.
@@ -144,6 +146,16 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "pretty",
           value_parser = ["pretty", "json"])]
     pub log_format: String,
+
+    /// Response shapes for thermostats on the v3 transport: `auto` picks 4.3 or 4.0 per
+    /// thermostat from the software version it reports; `4.3` or `4.0` forces one for all.
+    #[arg(long, env = "V3_DIALECT", value_name = "V3_DIALECT", default_value = "auto")]
+    pub v3_dialect: Forced,
+
+    /// Per-thermostat v3 profiles for mixed households, `SERIAL:4.0,SERIAL:4.3`; they win over
+    /// `V3_DIALECT`.
+    #[arg(long, env = "V3_DIALECT_OVERRIDES", value_name = "V3_DIALECT_OVERRIDES", default_value = "")]
+    pub v3_dialect_overrides: Overrides,
 }
 
 /// Booleans as the reference accepts them.
@@ -354,6 +366,20 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().name, "API_ORIGIN");
         let c = parse(&["--mqtt-host", "mqtt://"]).unwrap();
         assert_eq!(c.validate().unwrap_err().name, "MQTT_HOST");
+    }
+
+    #[test]
+    fn v3_profiles_are_read_and_bad_ones_name_the_variable() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.v3_dialect, Forced::Auto);
+        assert!(c.v3_dialect_overrides.is_empty());
+        let c = parse(&["--v3-dialect", "4.0", "--v3-dialect-overrides", "SIM0000000000001:4.3"]).unwrap();
+        assert_eq!(c.v3_dialect, Forced::All(crate::domain::v3::Profile::V40));
+        assert_eq!(c.v3_dialect_overrides.get("SIM0000000000001"), Some(crate::domain::v3::Profile::V43));
+        let err = parse(&["--v3-dialect", "5"]).err().unwrap().to_string();
+        assert!(err.contains("V3_DIALECT"), "{err}");
+        let err = parse(&["--v3-dialect-overrides", "SIM0000000000001=4.0"]).err().unwrap().to_string();
+        assert!(err.contains("V3_DIALECT_OVERRIDES") && err.contains("SERIAL:4.3"), "{err}");
     }
 
     #[test]

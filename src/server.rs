@@ -15,6 +15,7 @@ use crate::control_api::auth::{self, Access};
 use crate::control_api::events::EventStreams;
 use crate::state::Store;
 use crate::state::availability::Availability;
+use crate::state::firmware::Firmware;
 use crate::state::pairing::Pairing;
 use crate::{AppState, Config, control_api, device_api, hub, state, tls};
 
@@ -64,7 +65,8 @@ impl Application {
         let (pool, writer) = state::db::open(&config.sqlite3_db_path).await?;
         let hub = hub::Hub::new(config.max_subscriptions_per_device as usize);
         let store = Arc::new(Store::load(pool.clone(), writer, hub).await?);
-        let pairing = Arc::new(Pairing::load(pool).await?);
+        let pairing = Arc::new(Pairing::load(pool.clone()).await?);
+        let firmware = Arc::new(Firmware::load(pool, config.v3_dialect, config.v3_dialect_overrides.clone()).await?);
         let shutdown = CancellationToken::new();
         let events = EventStreams::new(config.sse_max_clients);
         events.spawn_fan_out(store.hub().feed(), shutdown.clone());
@@ -78,6 +80,8 @@ impl Application {
             events,
             mqtt: Default::default(),
             structure_sent: Mutex::new(HashSet::new()),
+            firmware,
+            delivered: Mutex::new(Default::default()),
         });
 
         let device_listener = TcpListener::bind((config.server_host, config.server_port))

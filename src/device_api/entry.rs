@@ -1,20 +1,43 @@
 //! Service discovery, ping, provisioning info and pairing codes.
 
 use actix_web::{HttpRequest, HttpResponse, web};
-use serde_json::json;
+use serde_json::{Value, json};
 
-use super::{identify, query_param, serial_required};
+use super::{identify, query_param, serial_required, v3};
 use crate::AppState;
+use crate::body::read_truncated;
 use crate::config::origin_parts;
 use crate::domain::bucket::Fields;
 use crate::domain::time::now_ms;
 use crate::error::ApiError;
 use crate::state::{Op, Origin};
 
-pub async fn entry(state: web::Data<AppState>) -> HttpResponse {
+/// Largest entry form read (a real one is about 150 bytes); the rest is discarded.
+const ENTRY_FORM_LIMIT: usize = 16 * 1024;
+
+/// Service URLs. The form the thermostat posts only names its software; the reference
+/// changes no state here, and neither does roost beyond recording that version.
+pub async fn entry(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let (form, _) = read_truncated(payload, ENTRY_FORM_LIMIT).await;
+    let software_version = form_urlencoded::parse(&form)
+        .find(|(k, _)| k == "software_version")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.trim().is_empty());
+    let mut body = urls(&state);
+    if let Some(caller) = identify(&req, None) {
+        tracing::debug!(serial = %caller.serial, software_version = software_version.as_deref(), "entry");
+        let members = v3::entry_members(&state, &req, &caller.serial, software_version.as_deref()).await;
+        if let Value::Object(map) = &mut body {
+            map.extend(members);
+        }
+    }
+    HttpResponse::Ok().json(body)
+}
+
+fn urls(state: &AppState) -> Value {
     let origin = state.config.origin_with_port();
     let url = |path: &str| format!("{origin}{path}");
-    HttpResponse::Ok().json(json!({
+    json!({
         "czfe_url": url("/nest/transport"),
         "transport_url": url("/nest/transport"),
         "direct_transport_url": url("/nest/transport"),
@@ -27,7 +50,7 @@ pub async fn entry(state: web::Data<AppState>) -> HttpResponse {
         "software_update_url": "",
         "server_version": "1.0.0",
         "tier_name": "local",
-    }))
+    })
 }
 
 pub async fn ping(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {

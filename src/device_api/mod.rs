@@ -5,6 +5,7 @@ mod entry;
 mod legacy;
 mod misc;
 mod transport;
+mod v3;
 mod weather;
 
 use actix_web::http::StatusCode;

@@ -47,8 +47,24 @@ pub async fn open(path: &Path) -> anyhow::Result<(SqlitePool, SqliteConnection)>
         tracing::info!(backup = %backup.display(), "adopting a NoLongerEvil-SelfHosted database: pairings and buckets are kept");
     }
     MIGRATOR.run(&pool).await.context("applying database migrations")?;
+    purge_corrupted_keys(&pool).await?;
     let writer = SqliteConnection::connect_with(&options).await.context("opening the writer connection")?;
     Ok((pool, writer))
+}
+
+/// Firmware 4.3.3 appends ` ._sync` or ` .$version` to its bucket keys (spec v3-firmware
+/// §6.1). Keys are canonicalised before they are stored, but a database written before that
+/// (or by the reference) may hold such copies: they are stale duplicates and are removed.
+async fn purge_corrupted_keys(pool: &SqlitePool) -> anyhow::Result<()> {
+    let purged = sqlx::query("DELETE FROM states WHERE instr(object_key, ' ') > 0")
+        .execute(pool)
+        .await
+        .context("removing buckets stored under corrupted keys")?
+        .rows_affected();
+    if purged > 0 {
+        tracing::warn!(purged, "removed stored buckets whose keys carry a firmware-corrupted suffix");
+    }
+    Ok(())
 }
 
 async fn is_reference_database(pool: &SqlitePool) -> anyhow::Result<bool> {

@@ -2,6 +2,7 @@
 
 pub mod availability;
 pub mod db;
+pub mod firmware;
 pub mod pairing;
 pub mod store;
 mod writer;

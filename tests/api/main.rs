@@ -15,3 +15,4 @@ mod put;
 mod routes;
 mod subscribe;
 mod tls;
+mod v3;

@@ -23,6 +23,15 @@ impl Delivered {
         }
     }
 
+    /// A PUT acknowledgement told the device `key` is at `(revision, timestamp)`. It counts only
+    /// for a bucket the device already received: until then 4.3.3 rejects the acknowledgement
+    /// ("no bucket exists for payload"), and the bucket must still go out once on a subscribe.
+    pub fn acknowledged(&mut self, serial: &str, key: &str, revision: i64, timestamp: i64) {
+        if let Some(slot) = self.by_serial.get_mut(serial).and_then(|keys| keys.get_mut(key)) {
+            *slot = (revision, timestamp);
+        }
+    }
+
     /// The revision and timestamp last delivered for `key`, if any.
     pub fn held(&self, serial: &str, key: &str) -> Option<(i64, i64)> {
         self.by_serial.get(serial)?.get(key).copied()
@@ -50,6 +59,10 @@ mod tests {
         assert_eq!(d.held("S", "shared.S"), Some((5, 500)));
         d.record("S", "shared.S", 6, 499);
         assert_eq!(d.held("S", "shared.S"), Some((6, 499)), "what the device was told last");
+        d.acknowledged("S", "shared.S", 7, 700);
+        assert_eq!(d.held("S", "shared.S"), Some((7, 700)), "the device's own write is not echoed");
+        d.acknowledged("S", "schedule.S", 1, 100);
+        assert_eq!(d.held("S", "schedule.S"), None, "never received: it still goes out once");
         d.forget("S");
         assert_eq!(d.held("S", "shared.S"), None);
         assert_eq!(d.held("S", "device.S"), None);
