@@ -80,6 +80,4 @@ pub struct AppState {
     pub structure_sent: Mutex<HashSet<String>>,
     /// Software versions the thermostats reported, and the v3 profile each selects.
     pub firmware: Arc<state::firmware::Firmware>,
-    /// What each v3 thermostat was last told about each bucket (4.3.3 does not say).
-    pub delivered: Mutex<domain::v3::Delivered>,
 }

@@ -81,7 +81,6 @@ impl Application {
             mqtt: Default::default(),
             structure_sent: Mutex::new(HashSet::new()),
             firmware,
-            delivered: Mutex::new(Default::default()),
         });
 
         let device_listener = TcpListener::bind((config.server_host, config.server_port))

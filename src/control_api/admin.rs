@@ -68,9 +68,6 @@ pub async fn delete_device(payload: web::Payload, state: web::Data<AppState>) ->
     state.pairing.forget(&serial).await?;
     state.availability.forget(&serial);
     state.firmware.forget(&serial).await?;
-    if let Ok(mut delivered) = state.delivered.lock() {
-        delivered.forget(&serial);
-    }
     state.store.hub().end_serial(&serial);
     if let Ok(mut sent) = state.structure_sent.lock() {
         sent.remove(&serial);

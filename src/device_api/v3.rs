@@ -27,10 +27,9 @@ pub(super) async fn profile_of(state: &AppState, req: &HttpRequest, serial: &str
     state.firmware.profile(serial, live, bucket_version)
 }
 
-/// What `/nest/entry` adds to its body for a thermostat that identified itself. A (re)booting
-/// thermostat's bucket store may be empty, so what it was delivered before is forgotten; a
-/// paired 4.3.3 gets its `user.*` and `structure.*` buckets inline, because it arms its
-/// subscribe only once its store holds them and never subscribes to them itself.
+/// What `/nest/entry` adds to its body for a thermostat that identified itself: a paired 4.3.3
+/// gets its `user.*` and `structure.*` buckets inline, because it arms its subscribe only once
+/// its store holds them and never subscribes to them itself.
 pub(super) async fn entry_members(
     state: &AppState,
     req: &HttpRequest,
@@ -41,9 +40,6 @@ pub(super) async fn entry_members(
         if let Err(e) = state.firmware.report(serial, version, VersionSource::Entry).await {
             tracing::warn!(%serial, error = %e, "could not store the reported software version");
         }
-    }
-    if let Ok(mut delivered) = state.delivered.lock() {
-        delivered.forget(serial);
     }
     let known = state.firmware.reported(serial).map(|r| r.version);
     if speaks_v3(known.as_deref().or(header(req, SWVERSION_HEADER))) == Some(false) {
@@ -56,11 +52,6 @@ pub(super) async fn entry_members(
     let shown: Vec<_> = buckets.iter().map(|(k, b)| (*k, b.as_ref())).collect();
     let members = render::entry_members(shape, &shown);
     if !members.is_empty() {
-        if let Ok(mut delivered) = state.delivered.lock() {
-            for (k, b) in &shown {
-                delivered.record(serial, k, b.revision, b.timestamp);
-            }
-        }
         tracing::debug!(%serial, keys = ?members.keys().collect::<Vec<_>>(), "entry carries the pairing buckets");
     }
     members

@@ -2,11 +2,9 @@
 //! into the entries every dialect shares, and its responses rendered per firmware profile.
 //! No sync rule lives here: what to write, send or hold is the sync engine's decision.
 
-pub mod delivered;
 pub mod json;
 pub mod parse;
 pub mod profile;
 pub mod render;
 
-pub use delivered::Delivered;
 pub use profile::{Profile, Shape};

@@ -7,7 +7,8 @@ use serde_json::Value;
 use crate::domain::bucket::{self, BodyError, Entry, Fields, MAX_OBJECT_KEY_LEN};
 use crate::domain::key;
 
-/// One key a v3 subscribe lists. 4.0.6 says which version it holds; 4.3.3 sends bare keys.
+/// One key a v3 subscribe lists. 4.0.6 says which version it holds; 4.3.3 sends bare keys, so
+/// what it holds is what the server last sent it (the sync engine keeps that).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     pub key: String,
@@ -29,22 +30,6 @@ impl Subscribe {
     /// Whether this is a v3 `keys` body (always a long-poll, whatever `chunked` says).
     pub fn is_keys(&self) -> bool {
         self.keys.is_some()
-    }
-
-    /// The entries to plan with. A listed key that does not say what the device holds takes
-    /// `held(key)`: the revision and timestamp last delivered to the device, which is all
-    /// the server can know of a device that sends bare keys.
-    pub fn into_entries(self, held: impl Fn(&str) -> Option<(i64, i64)>) -> Vec<Entry> {
-        let Some(keys) = self.keys else { return self.entries };
-        keys.into_iter()
-            .map(|l| {
-                let (revision, timestamp) = match l.timestamp {
-                    Some(ts) => (l.revision.unwrap_or(0), ts),
-                    None => held(&l.key).unwrap_or((l.revision.unwrap_or(0), 0)),
-                };
-                Entry { key: l.key, revision, timestamp, value: None, if_revision: None, base_revision: None }
-            })
-            .collect()
     }
 
     /// The body's `session`, else the `X-nl-session-id` header 4.0.6 may send instead.
@@ -215,30 +200,24 @@ mod tests {
         let k = format!("shared.{S}");
         let s =
             subscribe(json!({"keys": [{"key": k, "version": 3, "timestamp": 123}]}).to_string().as_bytes()).unwrap();
-        assert!(s.is_keys());
+        assert!(s.is_keys() && s.entries.is_empty());
         assert_eq!(s.session(None), None);
-        let e = s.into_entries(|_| Some((99, 999)));
-        assert_eq!(e.len(), 1);
-        assert_eq!((e[0].key.as_str(), e[0].revision, e[0].timestamp), (k.as_str(), 3, 123));
-        assert!(e[0].value.is_none());
+        assert_eq!(s.keys.unwrap(), vec![Listed { key: k, revision: Some(3), timestamp: Some(123) }]);
     }
 
     // spec v3-firmware §7 vector 12
     #[test]
     fn only_objects_with_a_string_key_count() {
         let body = json!({"keys": [{"key": format!("device.{S}")}, {"not_a_key": "x"}, "str", {"key": 42},
-            {"key": format!("device.{S} ._sync")}, {"key": ""}]});
+            {"key": format!("device.{S} ._sync"), "version": 1}, {"key": ""}, {"key": "user.x", "version": 2.0, "timestamp": "7"}]});
         let s = subscribe(body.to_string().as_bytes()).unwrap();
-        let keys = s.keys.clone().unwrap();
-        assert_eq!(keys, vec![Listed { key: format!("device.{S}"), revision: None, timestamp: None }]);
-    }
-
-    #[test]
-    fn bare_keys_take_what_was_delivered() {
-        let body = json!({"keys": [{"key": "device.A"}, {"key": "shared.A"}, {"key": "user.x", "version": 2.0}]});
-        let e = subscribe(body.to_string().as_bytes()).unwrap().into_entries(|k| (k == "device.A").then_some((4, 40)));
-        let got: Vec<_> = e.iter().map(|e| (e.key.as_str(), e.revision, e.timestamp)).collect();
-        assert_eq!(got, vec![("device.A", 4, 40), ("shared.A", 0, 0), ("user.x", 2, 0)]);
+        assert_eq!(
+            s.keys.unwrap(),
+            vec![
+                Listed { key: format!("device.{S}"), revision: None, timestamp: None },
+                Listed { key: "user.x".into(), revision: Some(2), timestamp: None },
+            ]
+        );
     }
 
     #[test]
@@ -255,7 +234,7 @@ mod tests {
             "keys": [{"key": "shared.A"}]});
         let s = subscribe(body.to_string().as_bytes()).unwrap();
         assert!(!s.is_keys(), "the objects array wins");
-        let e = s.into_entries(|_| None);
+        let e = s.entries;
         assert_eq!((e[0].key.as_str(), e[0].revision, e[0].timestamp), ("device.A", 2, 5));
         assert_eq!(subscribe(b"[]").unwrap_err(), BodyError::NotObject);
     }
