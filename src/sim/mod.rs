@@ -5,6 +5,9 @@
 pub mod bench;
 pub mod cli;
 pub mod device;
+pub mod observe;
+pub mod v3;
 
 pub use crate::http_client as http;
 pub use device::{Thermostat, ThermostatState};
+pub use v3::{V3State, V3Thermostat};
