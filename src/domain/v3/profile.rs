@@ -163,7 +163,10 @@ impl FromStr for Forced {
 }
 
 /// `V3_DIALECT_OVERRIDES`: `SERIAL:4.0,SERIAL:4.3`, for a household whose thermostats need
-/// different profiles and whose detection is wrong.
+/// different profiles and whose detection is wrong. A setting rather than a control-port
+/// route: which firmware hangs on which wall is a fact of the installation that changes only
+/// with the hardware (4.x units cannot be upgraded), it belongs with `V3_DIALECT` in the same
+/// `.env`, and a route would give every control-key holder a way to break a thermostat's sync.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides(HashMap<String, Profile>);
 
