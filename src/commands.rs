@@ -67,6 +67,7 @@ pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Val
                     schedule: bucket(Target::Schedule),
                     structure: bucket(Target::Structure),
                     now_s: now_s(),
+                    serial: &serial,
                 };
                 let plan = command::plan(name, value, view)?;
                 let ops: Vec<Op> = plan

@@ -27,6 +27,8 @@ pub struct DeviceView<'a> {
     pub structure: Option<&'a Fields>,
     /// Unix seconds now (eco and fan fields are in seconds).
     pub now_s: i64,
+    /// The thermostat's serial (a lock PIN is hashed with it).
+    pub serial: &'a str,
 }
 
 impl DeviceView<'_> {
@@ -124,6 +126,7 @@ pub fn plan(command: &str, value: &Value, view: DeviceView<'_>) -> Result<Plan, 
         "set_schedule" => set_schedule(value),
         "set_schedule_mode" => set_schedule_mode(value, view),
         "set_device_setting" => set_device_setting(value),
+        "set_lock" => super::lock::set_lock(value, view),
         other => Err(CommandError::Unknown(other.to_string())),
     }
 }

@@ -1,8 +1,10 @@
 //! Pure types and rules: serials, buckets and their wire forms, sync decisions, commands.
 
+pub mod access;
 pub mod bucket;
 pub mod command;
 pub mod key;
+pub mod lock;
 pub mod schedule;
 pub mod serial;
 pub mod time;
