@@ -120,6 +120,19 @@ pub struct Config {
     #[arg(long, env = "CONTROL_API_KEY", value_name = "CONTROL_API_KEY", hide_env_values = true)]
     pub control_api_key: Option<String>,
 
+    /// Networks (CIDR list) whose clients may read, command and manage without a key.
+    #[arg(long, env = "CONTROL_TRUSTED_NETWORKS", value_name = "CONTROL_TRUSTED_NETWORKS")]
+    pub control_trusted_networks: Option<String>,
+
+    /// Requests per minute each key may make on `/api/v1`.
+    #[arg(long, env = "V1_RATE_LIMIT_PER_MINUTE", value_name = "V1_RATE_LIMIT_PER_MINUTE", default_value_t = 240,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub v1_rate_limit_per_minute: u32,
+
+    /// Port of the flashed thermostat's own settings API (used by the network scan).
+    #[arg(long, env = "THERMOSTAT_API_PORT", value_name = "THERMOSTAT_API_PORT", default_value_t = 8080)]
+    pub thermostat_api_port: u16,
+
     /// Browser origins allowed on the control port (comma-separated); none by default.
     #[arg(long, env = "CORS_ORIGINS", value_name = "CORS_ORIGINS")]
     pub cors_origins: Option<String>,
@@ -233,6 +246,7 @@ impl Config {
                 });
             }
         }
+        self.trusted_networks()?;
         if !self.history_days.is_finite() || self.history_days <= 0.0 {
             return Err(ConfigError { name: "HISTORY_DAYS", message: "must be a positive number of days".into() });
         }
@@ -267,6 +281,16 @@ impl Config {
 
     pub fn api_keys(&self) -> Vec<String> {
         split_list(self.control_api_key.as_deref())
+    }
+
+    /// `CONTROL_TRUSTED_NETWORKS`, parsed; `None` when it is not set.
+    pub fn trusted_networks(&self) -> Result<Option<Vec<crate::domain::access::Cidr>>, ConfigError> {
+        let Some(raw) = self.control_trusted_networks.as_deref().filter(|r| !r.trim().is_empty()) else {
+            return Ok(None);
+        };
+        crate::domain::access::parse_networks(raw)
+            .map(Some)
+            .map_err(|message| ConfigError { name: "CONTROL_TRUSTED_NETWORKS", message })
     }
 
     pub fn cors_origin_list(&self) -> Vec<String> {
@@ -366,6 +390,10 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().name, "API_ORIGIN");
         let c = parse(&["--mqtt-host", "mqtt://"]).unwrap();
         assert_eq!(c.validate().unwrap_err().name, "MQTT_HOST");
+        let c = parse(&["--control-trusted-networks", "192.168.1.0/24,lan"]).unwrap();
+        assert_eq!(c.validate().unwrap_err().name, "CONTROL_TRUSTED_NETWORKS");
+        let err = parse(&["--v1-rate-limit-per-minute", "0"]).err().unwrap().to_string();
+        assert!(err.contains("V1_RATE_LIMIT_PER_MINUTE"), "{err}");
     }
 
     #[test]

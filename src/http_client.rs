@@ -28,6 +28,9 @@ pub struct Client {
     host: String,
     port: u16,
     tls: Option<(tokio_rustls::TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    /// Local address to connect from (tests use it to be "another machine" on loopback).
+    bind: Option<std::net::IpAddr>,
+    max_body: usize,
 }
 
 impl Client {
@@ -38,7 +41,19 @@ impl Client {
         if parts.https {
             return Err(invalid("https needs a TLS configuration: use Client::with_tls"));
         }
-        Ok(Self { host, port, tls: None })
+        Ok(Self { host, port, tls: None, bind: None, max_body: MAX_BODY })
+    }
+
+    /// Connects from `ip` (which must be an address of this machine).
+    pub fn bind_to(mut self, ip: std::net::IpAddr) -> Self {
+        self.bind = Some(ip);
+        self
+    }
+
+    /// Refuses response bodies (and chunks) larger than `bytes`, below the default cap.
+    pub fn limit_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes.min(MAX_BODY);
+        self
     }
 
     /// A client for `base_url`, HTTPS with `tls` when the scheme asks for it.
@@ -60,11 +75,25 @@ impl Client {
             host: parts.host.trim_start_matches('[').trim_end_matches(']').to_string(),
             port: parts.port.unwrap_or(443),
             tls: Some((tokio_rustls::TlsConnector::from(config), name)),
+            bind: None,
+            max_body: MAX_BODY,
         })
     }
 
     pub async fn connect(&self) -> io::Result<Conn> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        let tcp = match self.bind {
+            None => TcpStream::connect((self.host.as_str(), self.port)).await?,
+            Some(local) => {
+                let addr = tokio::net::lookup_host((self.host.as_str(), self.port))
+                    .await?
+                    .find(|a| a.is_ipv4() == local.is_ipv4())
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address of the bound family"))?;
+                let socket =
+                    if local.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+                socket.bind(std::net::SocketAddr::new(local, 0))?;
+                socket.connect(addr).await?
+            }
+        };
         self.wrap(tcp).await
     }
 
@@ -91,6 +120,7 @@ impl Client {
             host: format!("{}:{}", self.host, self.port),
             chunked: false,
             done: false,
+            max_body: self.max_body,
         })
     }
 
@@ -181,6 +211,7 @@ pub struct Conn {
     host: String,
     chunked: bool,
     done: bool,
+    max_body: usize,
 }
 
 impl Conn {
@@ -251,7 +282,7 @@ impl Conn {
         }
         let size_text = line.trim().split(';').next().unwrap_or_default();
         let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid(format!("bad chunk size {line:?}")))?;
-        if size > MAX_BODY {
+        if size > self.max_body {
             return Err(invalid(format!("chunk of {size} bytes is over the limit")));
         }
         if size == 0 {
@@ -282,7 +313,7 @@ impl Conn {
         if self.chunked {
             let mut all = BytesMut::new();
             while let Some(chunk) = self.next_chunk().await? {
-                if all.len() + chunk.len() > MAX_BODY {
+                if all.len() + chunk.len() > self.max_body {
                     return Err(invalid("response body over the limit"));
                 }
                 all.extend_from_slice(&chunk);
@@ -290,7 +321,7 @@ impl Conn {
             return Ok(all.freeze());
         }
         if let Some(len) = head.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            if len > MAX_BODY {
+            if len > self.max_body {
                 return Err(invalid(format!("response body of {len} bytes is over the limit")));
             }
             let mut data = vec![0u8; len];
@@ -298,8 +329,8 @@ impl Conn {
             return Ok(Bytes::from(data));
         }
         let mut data = Vec::new();
-        (&mut self.io).take(MAX_BODY as u64 + 1).read_to_end(&mut data).await?;
-        if data.len() > MAX_BODY {
+        (&mut self.io).take(self.max_body as u64 + 1).read_to_end(&mut data).await?;
+        if data.len() > self.max_body {
             return Err(invalid("response body over the limit"));
         }
         Ok(Bytes::from(data))

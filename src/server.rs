@@ -11,11 +11,13 @@ use anyhow::Context;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::control_api::access::Policy;
 use crate::control_api::auth::{self, Access};
 use crate::control_api::events::EventStreams;
 use crate::state::Store;
 use crate::state::availability::Availability;
 use crate::state::firmware::Firmware;
+use crate::state::keys::ApiKeys;
 use crate::state::pairing::Pairing;
 use crate::{AppState, Config, control_api, device_api, hub, state, tls};
 
@@ -116,11 +118,18 @@ impl Application {
         let is_tls = config.cert_dir.is_some();
 
         let control_state = state.clone();
-        let access = Access::new(config.api_keys(), config.cors_origin_list());
+        let access = Access::new(config.cors_origin_list());
+        let keys = Arc::new(ApiKeys::new(state.store.pool().clone()));
+        let policy =
+            web::Data::new(Policy::new(&config, keys).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?);
+        let setup = web::Data::new(control_api::setup::Scanner::new(&config));
         let control = HttpServer::new(move || {
             let access = access.clone();
             App::new()
                 .app_data(control_state.clone())
+                .app_data(policy.clone())
+                .app_data(setup.clone())
+                .wrap(actix_web::middleware::from_fn(control_api::access::authorize))
                 .wrap_fn(move |req, srv| auth::guard(&access, req, srv))
                 .configure(control_api::routes)
                 .default_service(web::to(not_found))

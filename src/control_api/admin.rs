@@ -27,9 +27,14 @@ fn body_serial(body: &serde_json::Map<String, Value>) -> Result<String, ApiError
     })
 }
 
-pub async fn notify_device(payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn notify_device(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let body = json_object(payload).await.map_err(error_body)?;
     let serial = body_serial(&body)?;
+    super::access::grant(&req).check_device(&serial)?;
     let Some(_) = state.store.notify(&serial).await? else {
         return Err(ApiError::not_found("Device not found"));
     };
@@ -40,6 +45,7 @@ pub async fn notify_device(payload: web::Payload, state: web::Data<AppState>) ->
 
 pub async fn dismiss_pairing(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let serial = parse_serial(req.match_info().get("serial"))?;
+    super::access::grant(&req).check_device(&serial)?;
     let key = format!("device_alert_dialog.{serial}");
     if state.store.get(&serial, &key).is_none() {
         return Ok(HttpResponse::Ok()
@@ -56,6 +62,13 @@ pub async fn dismiss_pairing(req: HttpRequest, state: web::Data<AppState>) -> Re
 pub async fn delete_device(payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let body = json_object(payload).await.map_err(error_body)?;
     let serial = body_serial(&body)?;
+    let deleted = remove_device(&state, &serial).await?;
+    Ok(HttpResponse::Ok().json(json!({"success": true, "serial": serial, "objects_deleted": deleted})))
+}
+
+/// Deletes a device (see [`delete_device`]); the number of buckets removed.
+pub(super) async fn remove_device(state: &AppState, serial: &str) -> Result<usize, ApiError> {
+    let serial = serial.to_string();
     let owned = state.pairing.owner(&serial).is_some();
     if !state.store.exists(&serial) && !owned {
         return Err(ApiError::not_found("Device not found"));
@@ -73,5 +86,5 @@ pub async fn delete_device(payload: web::Payload, state: web::Data<AppState>) ->
         sent.remove(&serial);
     }
     tracing::info!(%serial, buckets = deleted, "device deleted");
-    Ok(HttpResponse::Ok().json(json!({"success": true, "serial": serial, "objects_deleted": deleted})))
+    Ok(deleted)
 }

@@ -1,5 +1,6 @@
-//! Access to the control port: the optional API key, CORS for configured origins only, and
-//! JSON-only bodies on routes that change state (so a cross-site form post cannot).
+//! The control port's browser-facing guard: CORS for configured origins only, refusal of state
+//! changes from foreign origins, and JSON-only bodies on routes that change state (so a
+//! cross-site form post cannot). Who may do what (keys, trusted networks) is `access.rs`.
 
 use actix_web::body::BoxBody;
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
@@ -8,30 +9,16 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{Error, HttpResponse};
 use futures_util::future::LocalBoxFuture;
 use serde_json::json;
-use subtle::ConstantTimeEq;
-
-use crate::device_api::query_param;
 
 /// What the access layer needs to know, built once from the configuration.
 #[derive(Clone, Default)]
 pub struct Access {
-    keys: Vec<String>,
     origins: Vec<String>,
 }
 
 impl Access {
-    pub fn new(keys: Vec<String>, origins: Vec<String>) -> Self {
-        Self { keys, origins }
-    }
-
-    pub fn requires_key(&self) -> bool {
-        !self.keys.is_empty()
-    }
-
-    /// Compares in constant time against every configured key.
-    fn key_matches(&self, given: &str) -> bool {
-        let given = given.trim().as_bytes();
-        self.keys.iter().fold(false, |found, key| found | bool::from(key.as_bytes().ct_eq(given)))
+    pub fn new(origins: Vec<String>) -> Self {
+        Self { origins }
     }
 
     /// A browser request from another site (its `Origin` is neither this host nor allowed).
@@ -49,27 +36,6 @@ impl Access {
         let text = origin.to_str().ok()?;
         self.origins.iter().any(|o| o == text || o == "*").then(|| origin.clone())
     }
-}
-
-/// Paths open without a key: the health probe and the web UI's own page and assets (the page
-/// asks for the key itself).
-fn is_public(path: &str) -> bool {
-    path == "/health" || path == "/" || path.starts_with("/ui/") || path == "/favicon.ico"
-}
-
-fn presented_key(req: &ServiceRequest) -> Option<String> {
-    let headers = req.headers();
-    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::trim);
-    if let Some((scheme, token)) = authorization.and_then(|v| v.split_once(' ')) {
-        // The scheme name is case-insensitive (RFC 9110).
-        if scheme.eq_ignore_ascii_case("bearer") {
-            return Some(token.trim().to_string());
-        }
-    }
-    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(key.to_string());
-    }
-    query_param(req.request(), "token")
 }
 
 fn has_body(req: &ServiceRequest) -> bool {
@@ -129,20 +95,6 @@ where
             None => reject(req, StatusCode::FORBIDDEN, "Origin not allowed (set CORS_ORIGINS)"),
         };
         return Box::pin(async move { Ok(res) });
-    }
-    if access.requires_key() && !is_public(req.path()) {
-        let verdict = match presented_key(&req) {
-            None => Some("API key required (Authorization: Bearer <key>, X-API-Key, or ?token=)"),
-            Some(key) if !access.key_matches(&key) => Some("Invalid API key"),
-            Some(_) => None,
-        };
-        if let Some(message) = verdict {
-            let mut res = reject(req, StatusCode::UNAUTHORIZED, message);
-            if let Some(origin) = origin {
-                add_cors(&mut res, origin);
-            }
-            return Box::pin(async move { Ok(res) });
-        }
     }
     let changes_state = matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH);
     if changes_state && access.foreign_origin(&req) {

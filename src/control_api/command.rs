@@ -1,7 +1,7 @@
 //! `POST /command`.
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::Value;
 
 use crate::AppState;
@@ -29,9 +29,16 @@ fn non_empty_str<'a>(map: &'a serde_json::Map<String, Value>, key: &str) -> Opti
     map.get(key).and_then(Value::as_str).filter(|s| !s.trim().is_empty())
 }
 
-pub async fn command(payload: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn command(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let body = json_object(payload).await?;
     let serial = non_empty_str(&body, "serial").ok_or_else(|| fail(StatusCode::BAD_REQUEST, "Serial required"))?;
+    if crate::domain::serial::sanitize(serial).is_some_and(|s| !super::access::grant(&req).may_reach(&s)) {
+        return Err(fail(StatusCode::FORBIDDEN, super::access::DEVICE_DENIED));
+    }
     let name = non_empty_str(&body, "command").ok_or_else(|| fail(StatusCode::BAD_REQUEST, "Command required"))?;
     let value = body.get("value").unwrap_or(&Value::Null);
     match execute(&state, serial, name, value).await {

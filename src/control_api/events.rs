@@ -345,7 +345,8 @@ async fn replay(state: &AppState, after: i64) -> Result<Result<Vec<StreamEvent>,
 }
 
 pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let filter = parse_filter(&req)?;
+    let mut filter = parse_filter(&req)?;
+    filter.serials = super::access::grant(&req).limit_serials(filter.serials)?;
     let resume_from = last_event_id(&req)?;
     // Registered before the journal is read, so nothing committed in between is missed.
     let Some((registration, rx)) = state.events.register(filter.clone()) else {

@@ -40,6 +40,7 @@ fn parse_since(raw: Option<&str>) -> Result<i64, ApiError> {
 
 pub async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let serial = parse_serial(query_param(&req, "serial").as_deref())?;
+    super::access::grant(&req).check_device(&serial)?;
     known(&state, &serial)?;
     let since = parse_since(query_param(&req, "since").as_deref())?;
     let points = points(state.store.pool(), &serial, since).await?;
@@ -48,6 +49,7 @@ pub async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
 
 pub async fn chart(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let serial = parse_serial(query_param(&req, "serial").as_deref())?;
+    super::access::grant(&req).check_device(&serial)?;
     known(&state, &serial)?;
     let range = query_param(&req, "range").unwrap_or_else(|| "24h".into());
     let span = match range.as_str() {

@@ -1,13 +1,18 @@
 //! The control port: what people and programs use to watch and steer thermostats.
 
+pub mod access;
 mod admin;
 pub mod auth;
 mod command;
 pub mod events;
 mod history;
+mod keys;
+mod rate_limit;
 mod registration;
+pub mod setup;
 mod status;
 mod ui;
+mod v1;
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;
@@ -36,7 +41,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get("/api/registered-devices", registration::registered_devices))
         .route("/api/registered-devices/{serial}", web::delete().to(registration::unregister_device))
         .route("/api/ensure-user", web::post().to(registration::ensure_user))
-        .route("/api/mqtt-config", web::post().to(registration::mqtt_config));
+        .route("/api/mqtt-config", web::post().to(registration::mqtt_config))
+        .service(get("/api/access", access::describe))
+        .service(web::resource("/api/keys").route(web::get().to(keys::list)).route(web::post().to(keys::create)))
+        .route("/api/keys/{id}", web::delete().to(keys::revoke))
+        .route("/api/scan-network", web::post().to(setup::scan_network))
+        .route("/api/configure-nest", web::post().to(setup::configure_nest))
+        .service(get("/ui/admin.js", ui::admin_js))
+        .configure(v1::routes);
 }
 
 /// A GET route that also answers HEAD (health checks such as `wget --spider` send HEAD).

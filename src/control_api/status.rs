@@ -214,17 +214,24 @@ fn is_known(state: &AppState, serial: &str) -> bool {
 
 pub async fn status(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let serial = parse_serial(query_param(&req, "serial").as_deref())?;
+    let grant = super::access::grant(&req);
+    grant.check_device(&serial)?;
     if !is_known(&state, &serial) {
         return Err(ApiError::not_found("Device not found"));
     }
-    Ok(HttpResponse::Ok().json(status_object(&state, &serial)))
+    let mut status = status_object(&state, &serial);
+    grant.redact(&mut status);
+    Ok(HttpResponse::Ok().json(status))
 }
 
-pub async fn devices(state: web::Data<AppState>) -> HttpResponse {
-    let devices: Vec<Value> = known_serials(&state)
+pub async fn devices(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let grant = super::access::grant(&req);
+    let devices: Vec<Value> = grant
+        .visible(known_serials(&state))
         .iter()
         .map(|serial| {
             let mut status = status_object(&state, serial);
+            grant.redact(&mut status);
             if let Value::Object(map) = &mut status {
                 map.insert("subscription_count".into(), json!(state.store.hub().held_count(serial)));
             }
@@ -237,6 +244,7 @@ pub async fn devices(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn schedule(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let serial = parse_serial(query_param(&req, "serial").as_deref())?;
+    super::access::grant(&req).check_device(&serial)?;
     if !is_known(&state, &serial) {
         return Err(ApiError::not_found("Device not found"));
     }

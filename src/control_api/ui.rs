@@ -4,6 +4,7 @@ use actix_web::{HttpRequest, HttpResponse};
 
 const INDEX: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
+const ADMIN_JS: &str = include_str!("ui/admin.js");
 const STYLE: &str = include_str!("ui/style.css");
 
 fn escape_attribute(raw: &str) -> String {
@@ -31,6 +32,14 @@ pub async fn app_js() -> HttpResponse {
         .content_type("text/javascript; charset=utf-8")
         .insert_header(("Cache-Control", "no-cache"))
         .body(APP_JS)
+}
+
+/// Access mode, API keys and thermostat setup (scan and configure).
+pub async fn admin_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "no-cache"))
+        .body(ADMIN_JS)
 }
 
 pub async fn style() -> HttpResponse {

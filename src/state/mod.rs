@@ -3,6 +3,7 @@
 pub mod availability;
 pub mod db;
 pub mod firmware;
+pub mod keys;
 pub mod pairing;
 pub mod store;
 mod writer;
