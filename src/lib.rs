@@ -12,6 +12,7 @@ pub mod error;
 pub mod history;
 pub mod http_client;
 pub mod hub;
+pub mod keys_cli;
 pub mod mqtt;
 pub mod server;
 pub mod sim;

@@ -19,6 +19,8 @@ enum Command {
     Healthcheck,
     /// Run simulated thermostats against a roost server.
     Sim(roost::sim::cli::SimArgs),
+    /// Create, list and revoke API keys (works while the server runs).
+    Keys(roost::keys_cli::KeysArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +38,7 @@ fn main() -> std::process::ExitCode {
             Command::Serve => serve(cli.config).await,
             Command::Healthcheck => roost::sim::cli::healthcheck(&cli.config).await,
             Command::Sim(args) => roost::sim::cli::run(args).await,
+            Command::Keys(args) => roost::keys_cli::run(&cli.config, args).await,
         }
     });
     match result {
