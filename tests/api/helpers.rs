@@ -172,3 +172,23 @@ pub async fn put(client: &Client, serial: &str, body: Value) -> Value {
     assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&r.body));
     r.json().unwrap()
 }
+
+/// Creates an API key with `POST /api/keys` as an administrator (from loopback on an open port,
+/// or with `control_key`); returns the key and its id.
+#[allow(dead_code)] // not every test binary that includes this file creates keys
+pub async fn new_key(app: &TestApp, control_key: Option<&str>, body: Value) -> (String, i64) {
+    let mut req = Request::post("/api/keys").json(&body);
+    if let Some(k) = control_key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    let r = app.control.send(&req).await.expect("create key");
+    assert_eq!(r.status(), 201, "{}", String::from_utf8_lossy(&r.body));
+    let body = r.json().unwrap();
+    (body["key"].as_str().expect("the key").to_string(), body["id"].as_i64().expect("its id"))
+}
+
+/// A request carrying `key` as a Bearer token.
+#[allow(dead_code)]
+pub fn with_key(req: Request, key: &str) -> Request {
+    req.header("Authorization", format!("Bearer {key}"))
+}

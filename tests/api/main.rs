@@ -1,6 +1,7 @@
 //! Black-box tests over real HTTP: roost on port 0 with a fresh SQLite database, driven the
 //! way a thermostat drives it.
 
+mod access;
 mod bad_input;
 mod commands;
 mod control;
@@ -13,6 +14,8 @@ mod pairing;
 mod persistence;
 mod put;
 mod routes;
+mod setup;
 mod subscribe;
 mod tls;
+mod v1;
 mod v3;
