@@ -279,3 +279,77 @@ async fn with_an_api_key_the_page_asks_for_it_once() {
         .await;
     assert_eq!(browser.run("return document.getElementById('key-panel').hidden").await, true);
 }
+
+#[tokio::test]
+#[ignore = "needs Chromium and chromedriver; .ci/run runs it"]
+async fn the_page_sets_up_a_thermostat_and_manages_api_keys() {
+    let fake = FakeThermostat::start().await;
+    let app =
+        TestApp::start(&[&format!("--thermostat-api-port={}", fake.port), "--api-origin=http://127.0.0.1:8000"]).await;
+    app.booted(SERIAL).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("http://127.0.0.1:{}", app.control_port())).await;
+    let note = browser.wait_for("the access mode", "return document.getElementById('access-note').textContent").await;
+    assert!(note.as_str().unwrap().starts_with("Access: open"), "{note}");
+    assert!(note.as_str().unwrap().contains("local network"), "{note}");
+
+    // Scan the loopback /29 (only the fake answers) and point the thermostat here.
+    browser.wait_for("the setup button", "return !document.getElementById('setup-toggle').hidden").await;
+    browser.click("#setup-toggle").await;
+    browser.type_into("#scan-subnet", "127.0.0.0/29").await;
+    browser.click("#scan-form button").await;
+    let row = "document.querySelector('#scan-table tr[data-ip=\"127.0.0.1\"]')";
+    browser
+        .wait_for("the thermostat found", &format!("return {row} && {row}.cells[1].textContent === 'Hallway'"))
+        .await;
+    browser.screenshot("06-scan").await;
+    browser.run(&format!("{row}.querySelector('button.configure').click()")).await;
+    browser.wait_for("the password prompt", &format!("return !!{row}.querySelector('input[type=password]')")).await;
+    browser.type_into("#scan-table input[type=password]", THERMOSTAT_PASSWORD).await;
+    browser.run(&format!("{row}.querySelector('form.password').requestSubmit()")).await;
+    let done = browser
+        .wait_for(
+            "the thermostat pointed here",
+            &format!("const c = {row}.querySelector('.configured'); return c && c.textContent"),
+        )
+        .await;
+    assert!(done.as_str().unwrap().starts_with("Pointed at this server"), "{done}");
+    assert_eq!(fake.fake().url, "http://127.0.0.1:8000/entry");
+    browser.click("#scan-form button").await;
+    browser
+        .wait_for(
+            "the thermostat shown as ours",
+            &format!("return {row} && {row}.cells[2].textContent === 'this server'"),
+        )
+        .await;
+
+    // Create a read-only key for one thermostat: shown once, listed, usable, then revoked.
+    browser.click("#keys-toggle").await;
+    browser.type_into("#key-name", "phone").await;
+    browser.run("document.getElementById('key-write').checked = false").await;
+    browser.type_into("#key-devices", SERIAL).await;
+    browser.click("#key-create button[type=submit]").await;
+    let key = browser
+        .wait_for("the new key", "return document.getElementById('key-new-value').textContent")
+        .await
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(key.starts_with("nle_") && key.len() == 68, "{key}");
+    let cells = browser
+        .wait_for(
+            "the key in the list",
+            "const r = document.querySelector('#keys-table tbody tr'); return r && [...r.cells].map(c => c.textContent).join('|')",
+        )
+        .await;
+    assert!(cells.as_str().unwrap().starts_with(&format!("phone|{}…", &key[..10])), "{cells}");
+    assert!(cells.as_str().unwrap().contains(&format!("|read|{SERIAL}|never|")), "{cells}");
+    browser.screenshot("07-keys").await;
+    let v1 = |key: &str| Request::get("/api/v1/devices").header("Authorization", format!("Bearer {key}"));
+    assert_eq!(app.control.send(&v1(&key)).await.unwrap().status(), 200);
+    browser.run("window.confirm = () => true; document.querySelector('#keys-table button.revoke').click()").await;
+    browser
+        .wait_for("the key revoked", "const r = document.querySelector('#keys-table tbody tr'); return r && r.cells[6].textContent === 'revoked'")
+        .await;
+    assert_eq!(app.control.send(&v1(&key)).await.unwrap().status(), 401);
+}

@@ -681,6 +681,11 @@ fn every_route() -> Vec<Request> {
         Request::new("DELETE", &format!("/api/registered-devices/{UNKNOWN}")),
         Request::post("/api/ensure-user").json(&json!({"userId": "alice"})),
         Request::post("/api/mqtt-config").json(&json!({"brokerUrl": "mqtt://b"})),
+        Request::get("/api/keys"),
+        Request::post("/api/keys").json(&json!({"scopes": ["read"]})),
+        Request::new("DELETE", "/api/keys/1"),
+        Request::post("/api/scan-network").json(&json!({"subnet": "127.0.0.1/32"})),
+        Request::post("/api/configure-nest").json(&json!({"ip": "127.0.0.1"})),
         Request::get("/no-such-route"),
     ]
 }
@@ -1055,8 +1060,11 @@ async fn the_web_ui_is_served_from_the_binary_and_open_with_a_key_set() {
     let html = String::from_utf8(page.body.to_vec()).unwrap();
     assert!(html.contains("data-ingress-path=\"/api/hassio_ingress/x&quot;y\""), "escaped ingress path");
     assert!(!html.contains("http://") && !html.contains("https://"), "no external requests");
-    for (path, mime) in [("/ui/app.js", "text/javascript; charset=utf-8"), ("/ui/style.css", "text/css; charset=utf-8")]
-    {
+    for (path, mime) in [
+        ("/ui/app.js", "text/javascript; charset=utf-8"),
+        ("/ui/admin.js", "text/javascript; charset=utf-8"),
+        ("/ui/style.css", "text/css; charset=utf-8"),
+    ] {
         let r = app.control.send(&Request::get(path)).await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
         assert_eq!(r.header("content-type"), Some(mime));

@@ -1,14 +1,18 @@
 //! Starting roost on port 0 with a fresh database, and talking to it like a thermostat would.
 
+use std::net::TcpListener;
 use std::path::PathBuf;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
 
 use roost::sim::Thermostat;
 use roost::sim::http::{Client, Conn, Head, Request, Response};
 use roost::{AppHandle, Application};
 use serde_json::{Value, json};
 use tempfile::TempDir;
+use tokio::sync::Notify;
 
 pub const SERIAL: &str = "02AA01AC12345678";
 pub const WAIT: Duration = Duration::from_secs(5);
@@ -175,7 +179,6 @@ pub async fn put(client: &Client, serial: &str, body: Value) -> Value {
 
 /// Creates an API key with `POST /api/keys` as an administrator (from loopback on an open port,
 /// or with `control_key`); returns the key and its id.
-#[allow(dead_code)] // not every test binary that includes this file creates keys
 pub async fn new_key(app: &TestApp, control_key: Option<&str>, body: Value) -> (String, i64) {
     let mut req = Request::post("/api/keys").json(&body);
     if let Some(k) = control_key {
@@ -188,7 +191,97 @@ pub async fn new_key(app: &TestApp, control_key: Option<&str>, body: Value) -> (
 }
 
 /// A request carrying `key` as a Bearer token.
-#[allow(dead_code)]
 pub fn with_key(req: Request, key: &str) -> Request {
     req.header("Authorization", format!("Bearer {key}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// A flashed thermostat's own settings API, for the network scan and configure-nest.
+
+pub const THERMOSTAT_PASSWORD: &str = "Pw-MiXeD-case";
+
+#[derive(Clone, Copy, PartialEq)]
+pub enum Reply {
+    Json,
+    NotJson,
+    Redirect,
+}
+
+pub struct Fake {
+    pub url: String,
+    pub posted: Vec<Value>,
+    pub reply: Reply,
+    /// When set, a GET waits: it signals the first Notify on arrival and waits for the second.
+    pub hold: Option<(Arc<Notify>, Arc<Notify>)>,
+}
+
+/// The NoLongerEvil firmware's settings API (`/cgi-bin/api/settings`), as far as roost uses it.
+pub struct FakeThermostat {
+    pub port: u16,
+    state: Arc<Mutex<Fake>>,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl FakeThermostat {
+    pub async fn start() -> FakeThermostat {
+        let state = Arc::new(Mutex::new(Fake {
+            url: "https://backdoor.nolongerevil.com/entry".into(),
+            posted: Vec::new(),
+            reply: Reply::Json,
+            hold: None,
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = state.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::from(shared.clone()))
+                .route("/cgi-bin/api/settings", web::get().to(settings))
+                .route("/cgi-bin/api/settings", web::post().to(configure))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        FakeThermostat { port, state, server: handle }
+    }
+
+    pub fn fake(&self) -> std::sync::MutexGuard<'_, Fake> {
+        self.state.lock().unwrap()
+    }
+}
+
+impl Drop for FakeThermostat {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        tokio::spawn(async move { server.stop(false).await });
+    }
+}
+
+async fn settings(state: web::Data<Mutex<Fake>>) -> HttpResponse {
+    let hold = state.lock().unwrap().hold.clone();
+    if let Some((arrived, release)) = hold {
+        arrived.notify_one();
+        release.notified().await;
+    }
+    let url = state.lock().unwrap().url.clone();
+    HttpResponse::Ok().json(json!({"device_name": "Hallway", "cloudregisterurl": url}))
+}
+
+async fn configure(body: web::Json<Value>, state: web::Data<Mutex<Fake>>) -> HttpResponse {
+    let mut fake = state.lock().unwrap();
+    fake.posted.push(body.0.clone());
+    if body["api_key"] != THERMOSTAT_PASSWORD {
+        return HttpResponse::Unauthorized().json(json!({"status": "unauthorized"}));
+    }
+    match fake.reply {
+        Reply::NotJson => return HttpResponse::Ok().body("restarting"),
+        Reply::Redirect => return HttpResponse::Found().insert_header(("Location", "http://8.8.8.8/")).finish(),
+        Reply::Json => {}
+    }
+    fake.url = format!("{}/entry", body["endpoint"].as_str().unwrap_or_default());
+    HttpResponse::Ok().json(json!({"device_name": "Hallway", "status": "ok"}))
 }

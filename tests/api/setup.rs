@@ -2,10 +2,8 @@
 //! is found by the scan and pointed at roost by configure-nest; targets outside private ranges,
 //! second scans and callers without administration are refused.
 
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
 use roost::sim::http::{Request, Response};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -13,93 +11,6 @@ use tokio::sync::Notify;
 use crate::helpers::*;
 
 const ORIGIN: &str = "http://127.0.0.1:8000";
-const PASSWORD: &str = "Pw-MiXeD-case";
-
-#[derive(Clone, Copy, PartialEq)]
-enum Reply {
-    Json,
-    NotJson,
-    Redirect,
-}
-
-struct Fake {
-    url: String,
-    posted: Vec<Value>,
-    reply: Reply,
-    /// When set, a GET waits: it signals the first Notify on arrival and waits for the second.
-    hold: Option<(Arc<Notify>, Arc<Notify>)>,
-}
-
-/// The NoLongerEvil firmware's settings API (`/cgi-bin/api/settings`), as far as roost uses it.
-struct FakeThermostat {
-    port: u16,
-    state: Arc<Mutex<Fake>>,
-    server: actix_web::dev::ServerHandle,
-}
-
-impl FakeThermostat {
-    async fn start() -> FakeThermostat {
-        let state = Arc::new(Mutex::new(Fake {
-            url: "https://backdoor.nolongerevil.com/entry".into(),
-            posted: Vec::new(),
-            reply: Reply::Json,
-            hold: None,
-        }));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let shared = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(web::Data::from(shared.clone()))
-                .route("/cgi-bin/api/settings", web::get().to(settings))
-                .route("/cgi-bin/api/settings", web::post().to(configure))
-        })
-        .workers(1)
-        .disable_signals()
-        .listen(listener)
-        .unwrap()
-        .run();
-        let handle = server.handle();
-        tokio::spawn(server);
-        FakeThermostat { port, state, server: handle }
-    }
-
-    fn fake(&self) -> std::sync::MutexGuard<'_, Fake> {
-        self.state.lock().unwrap()
-    }
-}
-
-impl Drop for FakeThermostat {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        tokio::spawn(async move { server.stop(false).await });
-    }
-}
-
-async fn settings(state: web::Data<Mutex<Fake>>) -> HttpResponse {
-    let hold = state.lock().unwrap().hold.clone();
-    if let Some((arrived, release)) = hold {
-        arrived.notify_one();
-        release.notified().await;
-    }
-    let url = state.lock().unwrap().url.clone();
-    HttpResponse::Ok().json(json!({"device_name": "Hallway", "cloudregisterurl": url}))
-}
-
-async fn configure(body: web::Json<Value>, state: web::Data<Mutex<Fake>>) -> HttpResponse {
-    let mut fake = state.lock().unwrap();
-    fake.posted.push(body.0.clone());
-    if body["api_key"] != PASSWORD {
-        return HttpResponse::Unauthorized().json(json!({"status": "unauthorized"}));
-    }
-    match fake.reply {
-        Reply::NotJson => return HttpResponse::Ok().body("restarting"),
-        Reply::Redirect => return HttpResponse::Found().insert_header(("Location", "http://8.8.8.8/")).finish(),
-        Reply::Json => {}
-    }
-    fake.url = format!("{}/entry", body["endpoint"].as_str().unwrap_or_default());
-    HttpResponse::Ok().json(json!({"device_name": "Hallway", "status": "ok"}))
-}
 
 async fn post(app: &TestApp, path: &str, body: Value) -> Response {
     app.control_post(path, body).await
@@ -137,11 +48,11 @@ async fn the_scan_finds_a_thermostat_and_configure_points_it_here() {
     // Without the thermostat's password it asks for it; with it, the thermostat is pointed here.
     let r = post(&app, "/api/configure-nest", json!({"ip": "127.0.0.1"})).await;
     expect(&r, 401, json!({"success": false, "auth_required": true}));
-    let r = post(&app, "/api/configure-nest", json!({"ip": "127.0.0.1", "api_key": PASSWORD})).await;
+    let r = post(&app, "/api/configure-nest", json!({"ip": "127.0.0.1", "api_key": THERMOSTAT_PASSWORD})).await;
     expect(&r, 200, json!({"success": true, "device_name": "Hallway"}));
     assert_eq!(
         fake.fake().posted.last().unwrap(),
-        &json!({"endpoint": ORIGIN, "api_key": PASSWORD}),
+        &json!({"endpoint": ORIGIN, "api_key": THERMOSTAT_PASSWORD}),
         "the key as given"
     );
     let r = post(&app, "/api/scan-network", json!({"subnet": "127.0.0.1/32"})).await;
@@ -154,18 +65,18 @@ async fn the_scan_finds_a_thermostat_and_configure_points_it_here() {
 
     // Replies that are not a thermostat's are errors, redirects are not followed.
     fake.fake().reply = Reply::NotJson;
-    let r = post(&app, "/api/configure-nest", json!({"ip": "127.0.0.1", "api_key": PASSWORD})).await;
+    let r = post(&app, "/api/configure-nest", json!({"ip": "127.0.0.1", "api_key": THERMOSTAT_PASSWORD})).await;
     expect(&r, 502, json!({"success": false, "error": "The thermostat's reply is not JSON"}));
     fake.fake().reply = Reply::Redirect;
     let posts = fake.fake().posted.len();
-    let r = post(&app, "/api/configure-nest", json!({"ip": "127.0.0.1", "api_key": PASSWORD})).await;
+    let r = post(&app, "/api/configure-nest", json!({"ip": "127.0.0.1", "api_key": THERMOSTAT_PASSWORD})).await;
     expect(
         &r,
         502,
         json!({"success": false, "error": "The thermostat answered HTTP 302 (redirects are not followed)"}),
     );
     assert_eq!(fake.fake().posted.len(), posts + 1);
-    let r = post(&app, "/api/configure-nest", json!({"ip": "127.0.0.3", "api_key": PASSWORD})).await;
+    let r = post(&app, "/api/configure-nest", json!({"ip": "127.0.0.3", "api_key": THERMOSTAT_PASSWORD})).await;
     assert_eq!(r.status(), 502);
     assert!(r.json().unwrap()["error"].as_str().unwrap().starts_with("Connection failed"));
 }
@@ -188,7 +99,7 @@ async fn targets_outside_private_ranges_are_refused() {
         ("169.254.1.1", "169.254.1.1 is not a private or loopback address; roost only connects to those"),
         ("thermostat.example", "'thermostat.example' is not an IP address"),
     ] {
-        let r = post(&app, "/api/configure-nest", json!({"ip": ip, "api_key": PASSWORD})).await;
+        let r = post(&app, "/api/configure-nest", json!({"ip": ip, "api_key": THERMOSTAT_PASSWORD})).await;
         expect(&r, 400, json!({"success": false, "error": message}));
     }
     expect(&post(&app, "/api/configure-nest", json!({})).await, 400, json!({"success": false, "error": "Missing ip"}));
@@ -234,7 +145,8 @@ async fn setup_is_for_administrators() {
     let fake = FakeThermostat::start().await;
     let app = start(&fake, &["--control-api-key=k"]).await;
     let scan = Request::post("/api/scan-network").json(&json!({"subnet": "127.0.0.1/32"}));
-    let configure = Request::post("/api/configure-nest").json(&json!({"ip": "127.0.0.1", "api_key": PASSWORD}));
+    let configure =
+        Request::post("/api/configure-nest").json(&json!({"ip": "127.0.0.1", "api_key": THERMOSTAT_PASSWORD}));
     for req in [&scan, &configure] {
         assert_eq!(app.control.send(req).await.unwrap().status(), 401);
     }

@@ -169,7 +169,8 @@ mod tests {
             ok(temperature, json!({"value": 21.5, "mode": "heat", "scale": "C"})),
             ("set_temperature", json!(21.5))
         );
-        assert_eq!(ok(temperature, json!({"value": 68})), ("set_temperature", json!(20.0)));
+        assert_eq!(ok(temperature, json!({"value": 21})), ("set_temperature", json!(21.0)));
+        assert_eq!(ok(temperature, json!({"value": 68, "scale": "F"})), ("set_temperature", json!(20.0)));
         assert_eq!(ok(temperature, json!({"value": 212, "scale": "f"})), ("set_temperature", json!(100.0)));
         assert_eq!(temperature(&body(json!({"value": "21"}))).unwrap_err(), "Temperature value must be a number");
         assert_eq!(temperature(&body(json!({}))).unwrap_err(), "Temperature value must be a number");
