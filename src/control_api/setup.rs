@@ -106,10 +106,12 @@ async fn subnet_of_origin(config: &Config) -> Result<Cidr, ApiError> {
     }
     let ip = match host.parse::<IpAddr>() {
         Ok(ip) => Some(ip),
-        Err(_) => tokio::net::lookup_host((host.as_str(), 0))
+        // A resolver that does not answer must not hold the request.
+        Err(_) => tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::lookup_host((host.as_str(), 0)))
             .await
             .ok()
-            .and_then(|mut a| a.find(|a| a.is_ipv4()))
+            .and_then(Result::ok)
+            .and_then(|mut addrs| addrs.find(|a| a.is_ipv4()))
             .map(|a| a.ip()),
     };
     match ip {
