@@ -46,7 +46,12 @@ pub async fn run(config: &Config, args: KeysArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let (key, record) = keys.create(&new).await?;
             println!("{key}");
-            eprintln!("Key {} created ({}). It is shown only this once: store it now.", record.id, describe(&record));
+            eprintln!(
+                "Key {} created in {} ({}). It is shown only this once: store it now.",
+                record.id,
+                config.sqlite3_db_path.display(),
+                describe(&record)
+            );
             Ok(())
         }
         KeysCommand::List => {
