@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 
 use crate::AppState;
 use crate::domain::command::{self, CommandError, DeviceView, Target};
+use crate::domain::preset::Preset;
 use crate::domain::serial;
 use crate::domain::time::now_s;
 use crate::state::pairing::structure_id;
@@ -45,6 +46,24 @@ pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Val
     if !state.store.exists(&serial) {
         return Err(ExecError::NotFound);
     }
+    let Some(preset) = Preset::asked_by(name, value) else { return apply(state, serial, name, value).await };
+    // Remembered before the command runs, so whoever reads its change already sees it.
+    let structure = state.structure_key(&serial);
+    let previous = match state.presets.remember(&structure, preset).await {
+        Ok(previous) => previous,
+        Err(e) => {
+            tracing::warn!(%serial, error = %e, "could not remember the preset");
+            state.presets.asked(&structure)
+        }
+    };
+    let result = apply(state, serial, name, value).await;
+    if result.is_err() {
+        state.presets.restore(&structure, previous).await;
+    }
+    result
+}
+
+async fn apply(state: &AppState, serial: String, name: &str, value: &Value) -> Result<Executed, ExecError> {
     // A device without an owner keeps its structure as `structure.default`.
     let structure =
         state.pairing.owner(&serial).map_or_else(|| "default".to_string(), |o| structure_id(&o).to_string());

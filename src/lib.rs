@@ -47,6 +47,24 @@ impl AppState {
         self.is_known_device(serial) || self.store.serials().len() < MAX_DEVICES
     }
 
+    /// The structure bucket of a thermostat: its owner's, or `structure.default` while unowned.
+    pub fn structure_key(&self, serial: &str) -> String {
+        let owner = self.pairing.owner(serial);
+        format!("structure.{}", owner.as_deref().map_or("default", state::pairing::structure_id))
+    }
+
+    /// The preset in force for a thermostat (see `domain::preset`).
+    pub fn preset(&self, serial: &str) -> domain::preset::Preset {
+        let structure = self.structure_key(serial);
+        let device = self.store.get(serial, &format!("device.{serial}"));
+        let structure_bucket = self.store.get(serial, &structure);
+        domain::preset::current(
+            device.as_ref().map(|b| &b.value),
+            structure_bucket.as_ref().map(|b| &b.value),
+            self.presets.asked(&structure),
+        )
+    }
+
     pub fn is_known_device(&self, serial: &str) -> bool {
         self.store.exists(serial) || self.pairing.owner(serial).is_some()
     }
@@ -71,6 +89,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub store: Arc<Store>,
     pub pairing: Arc<Pairing>,
+    /// The preset (away or eco) last asked per structure.
+    pub presets: Arc<state::presets::Presets>,
     pub availability: Arc<Availability>,
     pub shutdown: CancellationToken,
     pub events: Arc<control_api::events::EventStreams>,

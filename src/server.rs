@@ -67,6 +67,7 @@ impl Application {
         let (pool, writer) = state::db::open(&config.sqlite3_db_path).await?;
         let hub = hub::Hub::new(config.max_subscriptions_per_device as usize);
         let store = Arc::new(Store::load(pool.clone(), writer, hub).await?);
+        let presets = Arc::new(crate::state::presets::Presets::load(pool.clone()).await?);
         let pairing = Arc::new(Pairing::load(pool.clone()).await?);
         let firmware = Arc::new(Firmware::load(pool, config.v3_dialect, config.v3_dialect_overrides.clone()).await?);
         let shutdown = CancellationToken::new();
@@ -77,6 +78,7 @@ impl Application {
             config: Arc::new(config.clone()),
             store,
             pairing,
+            presets,
             availability: Arc::new(Availability::new((config.availability_timeout_seconds * 1000.0) as i64)),
             shutdown,
             events,

@@ -172,7 +172,11 @@ pub fn status_object(state: &AppState, serial: &str) -> Value {
     }
     if !shared.is_empty() {
         out.insert("structure_id".into(), shared.get("structure_id").cloned().unwrap_or(Value::Null));
-        out.insert("away".into(), shared.get("away").cloned().unwrap_or(json!(false)));
+        // Structure away, or eco because nobody is home (the clients' "away").
+        let structure_key = state.structure_key(serial);
+        let structure = buckets.get(&structure_key).map(|b| &b.value);
+        let asked = state.presets.asked(&structure_key);
+        out.insert("away".into(), json!(crate::domain::preset::is_away(Some(device), structure, asked)));
         out.insert("schedule_mode".into(), shared.get("schedule_mode").cloned().unwrap_or(Value::Null));
     }
     // Read at the top level by a real client (the Matterbridge plugin).

@@ -121,6 +121,7 @@ pub fn plan(command: &str, value: &Value, view: DeviceView<'_>) -> Result<Plan, 
         "set_temperature" => set_temperature(value, view),
         "set_mode" => set_mode(value, view),
         "set_away" => set_away(value, view),
+        "set_preset" => set_preset(value, view),
         "set_fan" => set_fan(value, view),
         "set_eco_temperatures" => set_eco_temperatures(value, view),
         "set_schedule" => set_schedule(value),
@@ -285,6 +286,21 @@ fn set_away(value: &Value, view: DeviceView<'_>) -> Result<Plan, CommandError> {
     let mut device = Map::new();
     device.insert("eco".into(), Value::Object(eco));
     Ok(Plan::merge(Target::Structure, structure).and_merge(Target::Device, device))
+}
+
+/// Home, away or eco (`none` is home). Away and eco enter the same manual eco as `set_away`;
+/// which one was asked is remembered by the caller (`domain::preset`).
+fn set_preset(value: &Value, view: DeviceView<'_>) -> Result<Plan, CommandError> {
+    let preset = value.as_str().and_then(super::preset::Preset::parse).ok_or_else(|| {
+        CommandError::Invalid(format!(
+            "set_preset value must be one of: home, away, eco, none; got {}",
+            match value {
+                Value::String(s) => format!("'{s}'"),
+                other => kind(other).to_string(),
+            }
+        ))
+    })?;
+    set_away(&Value::Bool(preset != super::preset::Preset::Home), view)
 }
 
 const FAN_TIMER_SECONDS: std::ops::RangeInclusive<i64> = 60..=43_200;
@@ -638,6 +654,20 @@ mod tests {
         for bad in [json!("true"), json!(1), json!(null), json!({})] {
             assert!(invalid("set_away", bad, DeviceView::default()).starts_with("set_away value must be true"));
         }
+    }
+
+    #[test]
+    fn set_preset_enters_and_leaves_manual_eco_like_set_away() {
+        let device = fields(json!({"eco": {"mode": "manual-eco"}}));
+        let v = view(Some(&device), None);
+        for preset in ["away", "eco", "ECO"] {
+            assert_eq!(plan("set_preset", &json!(preset), v), plan("set_away", &json!(true), v), "{preset}");
+        }
+        for preset in ["home", "none"] {
+            assert_eq!(plan("set_preset", &json!(preset), v), plan("set_away", &json!(false), v), "{preset}");
+        }
+        assert_eq!(invalid("set_preset", json!("sleep"), v), "set_preset value must be one of: home, away, eco, none; got 'sleep'");
+        assert!(invalid("set_preset", json!(true), v).ends_with("got a boolean"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod bucket;
 pub mod command;
 pub mod key;
 pub mod lock;
+pub mod preset;
 pub mod schedule;
 pub mod serial;
 pub mod time;
