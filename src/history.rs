@@ -33,6 +33,8 @@ pub struct Point {
     pub heating: bool,
     pub cooling: bool,
     pub fan: bool,
+    /// Auxiliary or emergency heat (heat pumps); also counted in `heating`.
+    pub aux: bool,
 }
 
 fn num(v: Option<&Value>) -> Option<f64> {
@@ -68,6 +70,7 @@ pub fn sample(at: i64, device: Option<&Fields>, shared: Option<&Fields>) -> Poin
         ]),
         cooling: any(&["hvac_ac_state", "hvac_cool_x2_state", "hvac_cool_x3_state"]),
         fan: on(s("hvac_fan_state")),
+        aux: any(&["hvac_aux_heater_state", "hvac_emer_heat_state"]),
     }
 }
 
@@ -130,7 +133,7 @@ async fn record(store: &Store, last: &mut HashMap<String, Point>, change: &Chang
     }
     let result = sqlx::query(
         "INSERT INTO roost_history (serial, at_ms, current_temperature, target_temperature, target_temperature_low,
-         target_temperature_high, humidity, mode, heating, cooling, fan) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         target_temperature_high, humidity, mode, heating, cooling, fan, aux) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(serial)
     .bind(point.at)
@@ -143,6 +146,7 @@ async fn record(store: &Store, last: &mut HashMap<String, Point>, change: &Chang
     .bind(point.heating)
     .bind(point.cooling)
     .bind(point.fan)
+    .bind(point.aux)
     .execute(store.pool())
     .await;
     match result {
@@ -169,12 +173,24 @@ pub async fn prune(pool: &SqlitePool, days: f64) -> Result<u64, sqlx::Error> {
 pub async fn points(pool: &SqlitePool, serial: &str, since: i64) -> Result<Vec<Point>, sqlx::Error> {
     sqlx::query_as(
         "SELECT at_ms AS at, current_temperature, target_temperature, target_temperature_low, target_temperature_high,
-         humidity, mode, heating, cooling, fan FROM roost_history WHERE serial = ? AND at_ms >= ? ORDER BY at_ms LIMIT ?",
+         humidity, mode, heating, cooling, fan, aux FROM roost_history WHERE serial = ? AND at_ms >= ? ORDER BY at_ms LIMIT ?",
     )
     .bind(serial)
     .bind(since)
     .bind(MAX_POINTS)
     .fetch_all(pool)
+    .await
+}
+
+/// The last point of a serial before `at` (ms): what held when a time window starts.
+pub async fn point_before(pool: &SqlitePool, serial: &str, at: i64) -> Result<Option<Point>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT at_ms AS at, current_temperature, target_temperature, target_temperature_low, target_temperature_high,
+         humidity, mode, heating, cooling, fan, aux FROM roost_history WHERE serial = ? AND at_ms < ? ORDER BY at_ms DESC LIMIT 1",
+    )
+    .bind(serial)
+    .bind(at)
+    .fetch_optional(pool)
     .await
 }
 

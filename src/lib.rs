@@ -14,6 +14,7 @@ pub mod http_client;
 pub mod hub;
 pub mod keys_cli;
 pub mod mqtt;
+pub mod runtime;
 pub mod server;
 pub mod sim;
 pub mod state;

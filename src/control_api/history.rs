@@ -174,6 +174,7 @@ mod tests {
             heating,
             cooling: false,
             fan: false,
+            aux: false,
         };
         let now = 10 * 3_600_000;
         let svg = render(&[p(now - 7_200_000, 19.0, true), p(now - 3_600_000, 20.5, false)], now, DAY_MS).unwrap();

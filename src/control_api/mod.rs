@@ -9,6 +9,7 @@ mod history;
 mod keys;
 mod rate_limit;
 mod registration;
+mod runtime;
 pub mod setup;
 mod status;
 mod ui;
@@ -35,6 +36,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get("/api/events/stats", events::stats))
         .service(get("/api/history", history::history))
         .service(get("/api/history/chart.svg", history::chart))
+        .service(get("/api/runtime", runtime::runtime))
         .route("/api/dismiss-pairing/{serial}", web::post().to(admin::dismiss_pairing))
         .route("/api/device", web::delete().to(admin::delete_device))
         .route("/api/register", web::post().to(registration::register))
