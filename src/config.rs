@@ -116,6 +116,11 @@ pub struct Config {
     #[arg(long, env = "MQTT_DISCOVERY_PREFIX", value_name = "MQTT_DISCOVERY_PREFIX", default_value = "homeassistant")]
     pub mqtt_discovery_prefix: String,
 
+    /// Announce only the climate entity to Home Assistant (no sensors, switches or humidifier).
+    #[arg(long, env = "MQTT_MINIMAL_DISCOVERY", value_name = "MQTT_MINIMAL_DISCOVERY", default_value = "false",
+          value_parser = parse_bool, action = clap::ArgAction::Set)]
+    pub mqtt_minimal_discovery: bool,
+
     /// One key or a comma-separated list; when set, the control port requires it.
     #[arg(long, env = "CONTROL_API_KEY", value_name = "CONTROL_API_KEY", hide_env_values = true)]
     pub control_api_key: Option<String>,

@@ -5,8 +5,9 @@
 use serde::Serialize;
 use sqlx::SqlitePool;
 
-use crate::domain::time::iso8601;
-use crate::history::{Point, point_before, points};
+use crate::domain::time::{iso8601, now_ms};
+use crate::history::{Point, point_before, points, sample};
+use crate::state::Store;
 
 pub const DAY_MS: i64 = 86_400_000;
 /// Longest span `GET /api/runtime` reports (history is kept 30 days by default).
@@ -24,12 +25,9 @@ pub struct Stages {
 impl Stages {
     fn add(&mut self, p: &Point, ms: i64) {
         let s = ms / 1000;
-        for (on, total) in [
-            (p.heating, &mut self.heat),
-            (p.cooling, &mut self.cool),
-            (p.fan, &mut self.fan),
-            (p.aux, &mut self.aux),
-        ] {
+        for (on, total) in
+            [(p.heating, &mut self.heat), (p.cooling, &mut self.cool), (p.fan, &mut self.fan), (p.aux, &mut self.aux)]
+        {
             if on {
                 *total += s;
             }
@@ -84,6 +82,19 @@ pub async fn window(pool: &SqlitePool, serial: &str, from: i64) -> Result<Vec<Po
     Ok(out)
 }
 
+/// Runtime over the last 24 hours. The live state counts from its last change on, whether or
+/// not the history recorder has stored it yet.
+pub async fn last_day(store: &Store, serial: &str) -> Result<Stages, sqlx::Error> {
+    let now = now_ms();
+    let mut points = window(store.pool(), serial, now - DAY_MS).await?;
+    let device = store.get(serial, &format!("device.{serial}"));
+    let shared = store.get(serial, &format!("shared.{serial}"));
+    if let Some(changed) = shared.as_ref().map(|b| b.updated_at).filter(|at| points.last().is_none_or(|p| p.at < *at)) {
+        points.push(sample(changed, device.as_ref().map(|b| &b.value), shared.as_ref().map(|b| &b.value)));
+    }
+    Ok(totals(&points, now - DAY_MS, now))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,7 +132,8 @@ mod tests {
     fn days_split_at_local_midnight() {
         // 2026-01-02 00:00 UTC.
         let midnight = 1_767_312_000_000;
-        let points = [p(midnight - 3_600_000, false, true, false, false), p(midnight + 1_800_000, false, false, false, false)];
+        let points =
+            [p(midnight - 3_600_000, false, true, false, false), p(midnight + 1_800_000, false, false, false, false)];
         let days = by_day(&points, midnight + 7_200_000, 2, 0);
         assert_eq!(days.len(), 2);
         assert_eq!((days[0].date.as_str(), days[0].seconds.cool), ("2026-01-01", 3600));

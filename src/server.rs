@@ -210,7 +210,11 @@ impl Application {
             Some(settings) => Some(settings),
             None => crate::mqtt::Settings::from_database(self.state.store.pool()).await,
         }
-        .map(|settings| crate::mqtt::spawn(self.state.clone(), settings));
+        .map(|mut settings| {
+            // `MQTT_MINIMAL_DISCOVERY` applies to a broker set up through the API as well.
+            settings.naming.minimal |= self.state.config.mqtt_minimal_discovery;
+            crate::mqtt::spawn(self.state.clone(), settings)
+        });
         let device_handle = self.device_server.handle();
         let control_handle = self.control_server.handle();
         let device = tokio::spawn(self.device_server);

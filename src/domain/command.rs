@@ -666,7 +666,10 @@ mod tests {
         for preset in ["home", "none"] {
             assert_eq!(plan("set_preset", &json!(preset), v), plan("set_away", &json!(false), v), "{preset}");
         }
-        assert_eq!(invalid("set_preset", json!("sleep"), v), "set_preset value must be one of: home, away, eco, none; got 'sleep'");
+        assert_eq!(
+            invalid("set_preset", json!("sleep"), v),
+            "set_preset value must be one of: home, away, eco, none; got 'sleep'"
+        );
         assert!(invalid("set_preset", json!(true), v).ends_with("got a boolean"));
     }
 

@@ -30,6 +30,17 @@ fn boolean(payload: &str) -> Result<bool, String> {
     }
 }
 
+/// A lone bound of a range (`{"low": n}` or `{"high": n}`): Home Assistant sends a range as two
+/// messages, so a lone bound waits briefly for its partner.
+pub fn lone_bound(command: &str, value: &Value) -> Option<&'static str> {
+    let range = value.as_object().filter(|_| command == "set_temperature")?;
+    match (range.len(), range.contains_key("low"), range.contains_key("high")) {
+        (1, true, _) => Some("low"),
+        (1, _, true) => Some("high"),
+        _ => None,
+    }
+}
+
 /// `P/S/ha/<cmd>/set` and `P/S/<bucket>/<field>/set` → (serial, command, value).
 pub fn parse(prefix: &str, topic: &str, payload: &str) -> Parsed {
     let rest = topic.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')).ok_or("not under the topic prefix")?;
@@ -48,11 +59,17 @@ pub fn parse(prefix: &str, topic: &str, payload: &str) -> Parsed {
             ("set_temperature", json!({"high": number(payload)?}))
         }
         ("ha", "fan_mode") => ("set_fan", json!(payload.trim().to_ascii_lowercase())),
-        ("ha", "preset") => match payload.trim().to_ascii_lowercase().as_str() {
-            "away" | "eco" => ("set_away", json!(true)),
-            "home" => ("set_away", json!(false)),
-            other => return Err(format!("unknown preset '{other}' (home, away, eco)")),
-        },
+        // Home Assistant always offers `none` besides the listed presets: it means home.
+        ("ha", "preset") => ("set_preset", json!(payload.trim().to_ascii_lowercase())),
+        ("ha", "eco_mode") => ("set_preset", json!(if boolean(payload)? { "eco" } else { "home" })),
+        ("ha", "emergency_heat") => ("set_mode", json!(if boolean(payload)? { "emergency" } else { "heat" })),
+        ("ha", "humidifier") => ("set_device_setting", json!({"target_humidity_enabled": boolean(payload)?})),
+        // The firmware applies a humidity target only while humidity control is enabled, so
+        // the enable goes first.
+        ("ha", "target_humidity") => {
+            let percent = number(payload)?.as_f64().unwrap_or_default().round();
+            ("set_device_setting", json!({"target_humidity_enabled": true, "target_humidity": percent}))
+        }
         ("ha", "fan_duration") => {
             let minutes = number(payload)?.as_f64().unwrap_or(60.0).round().clamp(15.0, 1440.0) as i64;
             ("set_device_setting", json!({"fan_timer_duration_minutes": minutes}))
@@ -79,7 +96,23 @@ mod tests {
             parse("p", "p/S/ha/target_temperature_low/set", "19.5"),
             Ok(("S".into(), "set_temperature", json!({"low": 19.5})))
         );
-        assert_eq!(parse("p", "p/S/ha/preset/set", "Eco"), Ok(("S".into(), "set_away", json!(true))));
+        assert_eq!(parse("p", "p/S/ha/preset/set", "Eco"), Ok(("S".into(), "set_preset", json!("eco"))));
+        assert_eq!(parse("p", "p/S/ha/preset/set", "none"), Ok(("S".into(), "set_preset", json!("none"))));
+        assert_eq!(parse("p", "p/S/ha/eco_mode/set", "ON"), Ok(("S".into(), "set_preset", json!("eco"))));
+        assert_eq!(parse("p", "p/S/ha/emergency_heat/set", "OFF"), Ok(("S".into(), "set_mode", json!("heat"))));
+        assert_eq!(
+            parse("p", "p/S/ha/target_humidity/set", "45"),
+            Ok(("S".into(), "set_device_setting", json!({"target_humidity_enabled": true, "target_humidity": 45.0})))
+        );
+        assert_eq!(
+            parse("p", "p/S/ha/humidifier/set", "OFF"),
+            Ok(("S".into(), "set_device_setting", json!({"target_humidity_enabled": false})))
+        );
+        assert!(parse("p", "p/S/ha/humidifier/set", "maybe").is_err());
+        assert_eq!(lone_bound("set_temperature", &json!({"low": 1.0})), Some("low"));
+        assert_eq!(lone_bound("set_temperature", &json!({"high": 1.0})), Some("high"));
+        assert_eq!(lone_bound("set_temperature", &json!({"low": 1.0, "high": 2.0})), None);
+        assert_eq!(lone_bound("set_temperature", &json!(21.0)), None);
         assert_eq!(
             parse("p", "p/S/ha/fan_duration/set", "5"),
             Ok(("S".into(), "set_device_setting", json!({"fan_timer_duration_minutes": 15})))

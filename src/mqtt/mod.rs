@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::domain::time::now_s;
-use crate::state::pairing::structure_id;
+use crate::runtime::Stages;
 use crate::state::{Change, Origin};
 use crate::{AppState, Config};
 use topics::{Naming, View};
@@ -74,6 +74,7 @@ impl Settings {
                 discovery: c.mqtt_discovery_prefix.clone(),
                 publish_raw: true,
                 ha_discovery: true,
+                minimal: c.mqtt_minimal_discovery,
             },
         })
     }
@@ -106,6 +107,7 @@ impl Settings {
                 discovery: text("discoveryPrefix", "homeassistant"),
                 publish_raw: v["publishRaw"].as_bool().unwrap_or(true),
                 ha_discovery: v["homeAssistantDiscovery"].as_bool().unwrap_or(true),
+                minimal: false,
             },
         })
     }
@@ -269,9 +271,11 @@ pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::Joi
     tokio::spawn(run_commands(state.clone(), settings.naming.prefix.clone(), command_rx));
 
     let feed = state.store.hub().feed();
+    let (runtime_tx, mut runtime_rx) = mpsc::channel(256);
+    tokio::spawn(run_runtime(state.clone(), runtime_tx));
     tokio::spawn(async move {
         let mut publisher = Publisher::new(settings.naming.clone(), state.clone(), link_up);
-        publisher.run(&client, feed, &mut link_rx).await;
+        publisher.run(&client, feed, &mut link_rx, &mut runtime_rx).await;
         let _ = client.try_publish(settings.naming.bridge_availability(), QoS::AtLeastOnce, true, "offline");
         let _ = client.try_disconnect();
         let _ = connection.await;
@@ -305,36 +309,95 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> rustls::ClientConfig {
         .unwrap_or_else(|_| rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth())
 }
 
+/// How long a lone range bound waits for its partner. Home Assistant publishes the two bounds
+/// of one `set_temperature` back to back, milliseconds apart.
+const PAIR_WINDOW: Duration = Duration::from_millis(1000);
+
 async fn run_commands(state: web::Data<AppState>, prefix: String, mut rx: mpsc::Receiver<(String, String)>) {
-    while let Some((topic, payload)) = rx.recv().await {
+    // A lone low or high, waiting for its partner: (topic, payload, serial, value).
+    let mut held: Option<(String, String, String, Value)> = None;
+    loop {
+        let message = match held {
+            Some(_) => match tokio::time::timeout(PAIR_WINDOW, rx.recv()).await {
+                Ok(m) => m,
+                Err(_) => {
+                    // No partner came: the bound alone, checked against the stored other one.
+                    if let Some((topic, payload, serial, value)) = held.take() {
+                        run_command(&state, &topic, &payload, Ok((serial, "set_temperature", value))).await;
+                    }
+                    continue;
+                }
+            },
+            None => rx.recv().await,
+        };
+        let Some((topic, payload)) = message else { break };
         update(&state.mqtt, |s| s.commands += 1);
         let parsed = commands::parse(&prefix, &topic, &payload);
-        let outcome = match parsed {
-            Ok((serial, name, value)) => {
-                let done = crate::commands::execute(&state, &serial, name, &value).await.map_err(|e| e.to_string());
-                match (done, value.get("fan_timer_duration_minutes").and_then(serde_json::Value::as_i64)) {
-                    // A new fan duration from Home Assistant also restarts a running fan timer.
-                    (Ok(done), Some(minutes)) if fan_running(&state, &done.serial) => {
-                        let seconds = json!((minutes * 60).clamp(60, 43_200));
-                        crate::commands::execute(&state, &done.serial, "set_fan", &seconds)
-                            .await
-                            .map(|_| ())
-                            .map_err(|e| e.to_string())
-                    }
-                    (done, _) => done.map(|_| ()),
-                }
+        let bound = parsed.as_ref().ok().and_then(|(_, name, value)| commands::lone_bound(name, value));
+        match (held.take(), parsed) {
+            (Some((_, _, held_serial, held_value)), Ok((serial, _, value)))
+                if serial == held_serial
+                    && bound.is_some_and(|b| !held_value.as_object().is_some_and(|h| h.contains_key(b))) =>
+            {
+                // The partner: both bounds in one command, valid in any order and direction.
+                let mut range = held_value.as_object().cloned().unwrap_or_default();
+                range.extend(value.as_object().cloned().unwrap_or_default());
+                run_command(&state, &topic, &payload, Ok((serial, "set_temperature", Value::Object(range)))).await;
             }
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(()) => tracing::info!(%topic, "MQTT command applied"),
-            Err(reason) => {
-                update(&state.mqtt, |s| s.rejected += 1);
-                // A bad payload is logged and ignored; the next message is handled as usual.
-                tracing::warn!(%topic, payload = %payload.chars().take(100).collect::<String>(), %reason, "MQTT command ignored");
+            (earlier, parsed) => {
+                if let Some((t, p, serial, value)) = earlier {
+                    run_command(&state, &t, &p, Ok((serial, "set_temperature", value))).await;
+                }
+                match parsed {
+                    Ok((serial, _, value)) if bound.is_some() => held = Some((topic, payload, serial, value)),
+                    parsed => run_command(&state, &topic, &payload, parsed).await,
+                }
             }
         }
     }
+}
+
+async fn run_command(state: &AppState, topic: &str, payload: &str, parsed: commands::Parsed) {
+    let outcome = match parsed {
+        // Emergency heat switched off goes back to heat, and only from emergency heat.
+        Ok((serial, "set_mode", value))
+            if topic.ends_with("/ha/emergency_heat/set") && value == "heat" && !in_emergency(state, &serial) =>
+        {
+            tracing::debug!(%serial, "emergency heat is not on; nothing to switch off");
+            Ok(())
+        }
+        Ok((serial, name, value)) => {
+            let done = crate::commands::execute(state, &serial, name, &value).await.map_err(|e| e.to_string());
+            match (done, value.get("fan_timer_duration_minutes").and_then(serde_json::Value::as_i64)) {
+                // A new fan duration from Home Assistant also restarts a running fan timer.
+                (Ok(done), Some(minutes)) if fan_running(state, &done.serial) => {
+                    let seconds = json!((minutes * 60).clamp(60, 43_200));
+                    crate::commands::execute(state, &done.serial, "set_fan", &seconds)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+                (done, _) => done.map(|_| ()),
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(()) => tracing::info!(%topic, "MQTT command applied"),
+        Err(reason) => {
+            update(&state.mqtt, |s| s.rejected += 1);
+            // A bad payload is logged and ignored; the next message is handled as usual.
+            tracing::warn!(%topic, payload = %payload.chars().take(100).collect::<String>(), %reason, "MQTT command ignored");
+        }
+    }
+}
+
+fn in_emergency(state: &AppState, serial: &str) -> bool {
+    let serial = crate::domain::serial::sanitize(serial).unwrap_or_default();
+    state
+        .store
+        .get(&serial, &format!("shared.{serial}"))
+        .is_some_and(|b| b.value.get("target_temperature_type").and_then(Value::as_str) == Some("emergency"))
 }
 
 fn fan_running(state: &AppState, serial: &str) -> bool {
@@ -343,6 +406,34 @@ fn fan_running(state: &AppState, serial: &str) -> bool {
         .get(serial, &format!("device.{serial}"))
         .and_then(|b| b.value.get("fan_timer_timeout").and_then(Value::as_i64))
         .is_some_and(|t| t > now_s())
+}
+
+/// Runtime per stage over the last 24 hours for every thermostat: every minute, and right after
+/// a change of a thermostat's shared bucket (where the HVAC stages are).
+async fn run_runtime(state: web::Data<AppState>, tx: mpsc::Sender<(String, Stages)>) {
+    let mut feed = state.store.hub().feed();
+    let mut minute = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        let serials = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = minute.tick() => state.store.serials(),
+            c = feed.recv() => match c {
+                Ok(change) if change.buckets.iter().any(|(k, _)| k.starts_with("shared.")) => vec![change.serial.clone()],
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        for serial in serials {
+            match crate::runtime::last_day(&state.store, &serial).await {
+                Ok(stages) => {
+                    if tx.send((serial, stages)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(%serial, error = %e, "runtime not computed"),
+            }
+        }
+    }
 }
 
 /// Decides what to publish and holds what is waiting for the broker.
@@ -354,6 +445,8 @@ struct Publisher {
     /// Waiting to go out; latest value per topic wins.
     pending: IndexMap<String, (String, QoS)>,
     signatures: HashMap<String, String>,
+    /// Runtime per stage over the last 24 hours, per serial.
+    runtime: HashMap<String, Stages>,
     /// Topics whose payload was too large, warned about once.
     oversized: HashSet<String>,
     connected: bool,
@@ -368,6 +461,7 @@ impl Publisher {
             published: HashMap::new(),
             pending: IndexMap::new(),
             signatures: HashMap::new(),
+            runtime: HashMap::new(),
             oversized: HashSet::new(),
             connected: false,
             link_up,
@@ -379,6 +473,7 @@ impl Publisher {
         client: &AsyncClient,
         mut feed: broadcast::Receiver<Arc<Change>>,
         link: &mut mpsc::Receiver<Link>,
+        runtime: &mut mpsc::Receiver<(String, Stages)>,
     ) {
         let shutdown = self.state.shutdown.clone();
         let mut retry = tokio::time::interval(Duration::from_millis(250));
@@ -402,6 +497,11 @@ impl Publisher {
                     Err(broadcast::error::RecvError::Lagged(_)) => self.queue_everything(),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
+                Some((serial, stages)) = runtime.recv() => {
+                    if self.runtime.insert(serial.clone(), stages) != Some(stages) {
+                        self.announce(&serial);
+                    }
+                }
                 _ = retry.tick() => {}
             }
             self.flush(client);
@@ -432,31 +532,30 @@ impl Publisher {
         }
     }
 
-    fn structure_key(&self, serial: &str) -> String {
-        let owner = self.state.pairing.owner(serial);
-        format!("structure.{}", owner.as_deref().map_or("default", structure_id))
-    }
-
     /// Everything for one thermostat: discovery (when it changed), availability, raw and HA state.
     fn announce(&mut self, serial: &str) {
         let buckets = self.state.store.snapshot(serial);
+        let structure_key = self.state.structure_key(serial);
         let device = buckets.get(&format!("device.{serial}"));
         let shared = buckets.get(&format!("shared.{serial}"));
-        let structure = buckets.get(&self.structure_key(serial));
+        let structure = buckets.get(&structure_key);
         let view = View {
             device: device.map(|b| &b.value),
             shared: shared.map(|b| &b.value),
             structure: structure.map(|b| &b.value),
+            asked: self.state.presets.asked(&structure_key),
+            runtime: self.runtime.get(serial).copied(),
             now_s: now_s(),
         };
         let mut messages = Vec::new();
         let signature = view.discovery_signature(serial);
         let first = !self.signatures.contains_key(serial);
+        let mut rediscovered = false;
         if view.device.is_some() && view.shared.is_some() && self.signatures.get(serial) != Some(&signature) {
             messages.extend(topics::discovery(&self.naming, serial, view).into_iter().map(|m| (m, QoS::AtLeastOnce)));
-            self.signatures.insert(serial.to_string(), signature);
+            rediscovered = self.signatures.insert(serial.to_string(), signature).is_some();
         }
-        if first {
+        if first || rediscovered {
             let online = if self.state.availability.is_available(serial) { "online" } else { "offline" };
             messages.push(((self.naming.availability(serial), online.into()), QoS::AtLeastOnce));
         }
@@ -468,6 +567,13 @@ impl Publisher {
         }
         messages.extend(topics::ha_state(&self.naming, serial, view).into_iter().map(|m| (m, QoS::AtMostOnce)));
         for ((topic, payload), qos) in messages {
+            if rediscovered {
+                // Home Assistant resets an entity whose config is re-sent (the preset to none,
+                // setpoints to defaults) and does not get the retained state again: every state
+                // topic goes out again, after the configs.
+                self.published.remove(&topic);
+                self.pending.shift_remove(&topic);
+            }
             self.queue(topic, payload, qos);
         }
     }

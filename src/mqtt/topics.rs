@@ -5,6 +5,8 @@
 use serde_json::{Map, Value, json};
 
 use crate::domain::bucket::Fields;
+use crate::domain::preset::{self, Preset};
+use crate::runtime::Stages;
 
 /// Topic prefixes and switches, from `MQTT_TOPIC_PREFIX` / `MQTT_DISCOVERY_PREFIX`.
 #[derive(Debug, Clone)]
@@ -13,6 +15,8 @@ pub struct Naming {
     pub discovery: String,
     pub publish_raw: bool,
     pub ha_discovery: bool,
+    /// `MQTT_MINIMAL_DISCOVERY`: announce the climate entity only.
+    pub minimal: bool,
 }
 
 impl Naming {
@@ -60,6 +64,10 @@ pub struct View<'a> {
     pub device: Option<&'a Fields>,
     pub shared: Option<&'a Fields>,
     pub structure: Option<&'a Fields>,
+    /// The preset last asked for the thermostat's structure.
+    pub asked: Option<Preset>,
+    /// Runtime per stage over the last 24 hours, once computed.
+    pub runtime: Option<Stages>,
     pub now_s: i64,
 }
 
@@ -118,14 +126,25 @@ impl<'a> View<'a> {
         timer || truthy(self.d("fan_control_state"))
     }
 
-    pub fn preset(&self) -> &'static str {
-        if truthy(self.structure.and_then(|s| s.get("manual_eco_all"))) {
-            "away"
-        } else if self.d("eco").and_then(|e| e.get("mode")).and_then(Value::as_str) == Some("manual-eco") {
-            "eco"
-        } else {
-            "home"
-        }
+    pub fn preset(&self) -> Preset {
+        preset::current(self.device, self.structure, self.asked)
+    }
+
+    pub fn has_humidifier(&self) -> bool {
+        self.capability("has_humidifier", false)
+    }
+
+    pub fn has_emergency_heat(&self) -> bool {
+        self.capability("has_emer_heat", false)
+    }
+
+    /// A heat pump with a second heat source (aux or emergency heat).
+    pub fn has_aux_heat(&self) -> bool {
+        ["has_heat_pump", "has_aux_heat", "has_emer_heat"].iter().any(|k| self.capability(k, false))
+    }
+
+    pub fn can_cool(&self) -> bool {
+        self.capability("can_cool", true)
     }
 
     fn action(&self) -> &'static str {
@@ -159,19 +178,18 @@ impl<'a> View<'a> {
             .map_or_else(|| format!("Nest {serial}"), String::from)
     }
 
-    /// Which setpoint topics the climate entity has in the current mode.
-    fn setpoint_layout(&self) -> &'static str {
-        match self.ha_mode() {
-            "heat" | "cool" => "single",
-            "heat_cool" => "dual",
-            _ => "none",
-        }
-    }
-
-    /// What discovery depends on (capabilities, setpoint layout, name): republished only when
-    /// this changes, not on every change of state.
+    /// What discovery depends on (capabilities and name): republished only when this changes,
+    /// never with the mode, because Home Assistant resets an entity whose config is re-sent.
     pub fn discovery_signature(&self, serial: &str) -> String {
-        format!("{:?}|{}|{}|{}", self.modes(), self.has_fan(), self.setpoint_layout(), self.name(serial))
+        format!(
+            "{:?}|{}|{}|{}|{}|{}",
+            self.modes(),
+            self.has_fan(),
+            self.has_humidifier(),
+            self.has_emergency_heat(),
+            self.has_aux_heat(),
+            self.name(serial)
+        )
     }
 }
 
@@ -188,13 +206,20 @@ pub fn raw_topics(naming: &Naming, serial: &str, kind: &str, value: &Fields, vie
     }
     if kind == "device" {
         out.push((format!("{base}/fan_timer_active"), view.fan_timer_active().to_string()));
-        out.push((format!("{base}/away"), (view.preset() != "home").to_string()));
+        out.push((format!("{base}/away"), (view.preset() != Preset::Home).to_string()));
     }
     out
 }
 
-/// Home Assistant state topics, in a fixed order. Setpoint topics not used by the current
-/// mode are published empty, which clears them.
+/// Home Assistant's payload that clears a value (shown as unknown, or hidden for setpoints).
+const NONE: &str = "None";
+
+fn on_off(on: bool) -> String {
+    if on { "ON" } else { "OFF" }.into()
+}
+
+/// Home Assistant state topics, in a fixed order. Setpoints the current mode does not use are
+/// `None`, so Home Assistant shows the single setpoint or the range, never both.
 pub fn ha_state(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, String)> {
     if !naming.ha_discovery || view.device.is_none() || view.shared.is_none() {
         return Vec::new();
@@ -209,13 +234,13 @@ pub fn ha_state(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, S
         put("current_humidity", payload(h));
     }
     let mode = view.ha_mode();
-    let allowed: &[&str] = match mode {
+    let used: &[&str] = match mode {
         "heat" | "cool" => &["target_temperature"],
         "heat_cool" => &["target_temperature_low", "target_temperature_high"],
         _ => &[],
     };
     for name in ["target_temperature", "target_temperature_low", "target_temperature_high"] {
-        let value = if allowed.contains(&name) { view.s(name).map(payload).unwrap_or_default() } else { String::new() };
+        let value = view.s(name).filter(|_| used.contains(&name)).map_or_else(|| NONE.into(), payload);
         put(name, value);
     }
     put("mode", mode.into());
@@ -223,7 +248,29 @@ pub fn ha_state(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, S
     if view.has_fan() {
         put("fan_mode", if view.fan_timer_active() { "on" } else { "auto" }.into());
     }
-    put("preset", view.preset().into());
+    let preset = view.preset();
+    put("preset", preset.as_str().into());
+    put("eco_mode", on_off(preset != Preset::Home));
+    put("emergency_heat", on_off(view.s("target_temperature_type").and_then(Value::as_str) == Some("emergency")));
+    if view.has_humidifier() {
+        let enabled = truthy(view.d("target_humidity_enabled"));
+        put("humidifier", on_off(enabled));
+        let target = view.d("target_humidity").and_then(Value::as_f64).filter(|h| (10.0..=60.0).contains(h));
+        put("target_humidity", target.map_or_else(|| NONE.into(), |h| h.round().to_string()));
+        let action = match (enabled, truthy(view.d("humidifier_state"))) {
+            (false, _) => "off",
+            (true, true) => "humidifying",
+            (true, false) => "idle",
+        };
+        put("humidifier_action", action.into());
+    }
+    if let Some(r) = view.runtime {
+        for (name, seconds) in
+            [("runtime_heat", r.heat), ("runtime_cool", r.cool), ("runtime_fan", r.fan), ("runtime_aux", r.aux)]
+        {
+            put(name, (seconds / 60).to_string());
+        }
+    }
     if let Some(t) = view
         .d("outdoor_temperature")
         .or_else(|| view.s("outside_temperature"))
@@ -269,27 +316,55 @@ pub fn ha_state(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, S
     out
 }
 
+/// What a thermostat must have for an entity to be announced.
+#[derive(Debug, Clone, Copy)]
+enum Need {
+    Nothing,
+    Fan,
+    Cooling,
+    Humidifier,
+    EmergencyHeat,
+    AuxHeat,
+}
+
+impl Need {
+    fn met(self, view: &View<'_>) -> bool {
+        match self {
+            Need::Nothing => true,
+            Need::Fan => view.has_fan(),
+            Need::Cooling => view.can_cool(),
+            Need::Humidifier => view.has_humidifier(),
+            Need::EmergencyHeat => view.has_emergency_heat(),
+            Need::AuxHeat => view.has_aux_heat(),
+        }
+    }
+}
+
+/// (component, suffix, name, state topic, extra fields, what the thermostat needs)
+type Sensor = (&'static str, &'static str, &'static str, &'static str, fn() -> Value, Need);
+
+fn config_topic(naming: &Naming, serial: &str, component: &str, suffix: &str) -> String {
+    format!("{}/{component}/nest_{serial}/{suffix}/config", naming.discovery)
+}
+
 /// Every discovery config topic roost may publish for a serial (to clear them).
 pub fn discovery_topics(naming: &Naming, serial: &str) -> Vec<String> {
-    let mut topics = vec![format!("{}/climate/nest_{serial}/thermostat/config", naming.discovery)];
-    for (component, suffix, ..) in SENSORS {
-        topics.push(format!("{}/{component}/nest_{serial}/{suffix}/config", naming.discovery));
+    let mut topics = vec![config_topic(naming, serial, "climate", "thermostat")];
+    for (component, suffix, ..) in SENSORS.iter().chain(&CONTROLS) {
+        topics.push(config_topic(naming, serial, component, suffix));
     }
-    topics.push(format!("{}/number/nest_{serial}/fan_duration/config", naming.discovery));
+    topics.push(config_topic(naming, serial, "humidifier", "humidifier"));
     topics
 }
 
-/// (component, suffix, name, state topic, extra fields, needs a fan)
-type Sensor = (&'static str, &'static str, &'static str, &'static str, fn() -> Value, bool);
-
-const SENSORS: [Sensor; 17] = [
+const SENSORS: [Sensor; 21] = [
     (
         "sensor",
         "temperature",
         "Temperature",
         "current_temperature",
         || json!({"unit_of_measurement": "°C", "device_class": "temperature", "state_class": "measurement"}),
-        false,
+        Need::Nothing,
     ),
     (
         "sensor",
@@ -297,7 +372,7 @@ const SENSORS: [Sensor; 17] = [
         "Humidity",
         "current_humidity",
         || json!({"unit_of_measurement": "%", "device_class": "humidity", "state_class": "measurement"}),
-        false,
+        Need::Nothing,
     ),
     (
         "sensor",
@@ -305,7 +380,7 @@ const SENSORS: [Sensor; 17] = [
         "Outdoor Temperature",
         "outdoor_temperature",
         || json!({"unit_of_measurement": "°C", "device_class": "temperature", "state_class": "measurement"}),
-        false,
+        Need::Nothing,
     ),
     (
         "binary_sensor",
@@ -313,7 +388,7 @@ const SENSORS: [Sensor; 17] = [
         "Occupancy",
         "occupancy",
         || json!({"payload_on": "home", "payload_off": "away", "device_class": "occupancy"}),
-        false,
+        Need::Nothing,
     ),
     (
         "binary_sensor",
@@ -321,7 +396,7 @@ const SENSORS: [Sensor; 17] = [
         "Fan",
         "fan_running",
         || json!({"payload_on": "true", "payload_off": "false", "device_class": "running"}),
-        true,
+        Need::Fan,
     ),
     (
         "binary_sensor",
@@ -329,7 +404,7 @@ const SENSORS: [Sensor; 17] = [
         "Eco Mode",
         "eco",
         || json!({"payload_on": "true", "payload_off": "false", "device_class": "power"}),
-        false,
+        Need::Nothing,
     ),
     (
         "sensor",
@@ -337,7 +412,7 @@ const SENSORS: [Sensor; 17] = [
         "Battery",
         "battery",
         || json!({"unit_of_measurement": "%", "device_class": "battery", "state_class": "measurement"}),
-        false,
+        Need::Nothing,
     ),
     (
         "sensor",
@@ -345,7 +420,7 @@ const SENSORS: [Sensor; 17] = [
         "WiFi Signal",
         "rssi",
         || json!({"unit_of_measurement": "dBm", "device_class": "signal_strength", "state_class": "measurement", "entity_category": "diagnostic"}),
-        false,
+        Need::Nothing,
     ),
     (
         "binary_sensor",
@@ -353,7 +428,7 @@ const SENSORS: [Sensor; 17] = [
         "Filter Replacement Needed",
         "filter_replacement_needed",
         || json!({"payload_on": "true", "payload_off": "false", "device_class": "problem", "entity_category": "diagnostic"}),
-        false,
+        Need::Nothing,
     ),
     (
         "sensor",
@@ -361,7 +436,7 @@ const SENSORS: [Sensor; 17] = [
         "Filter Runtime",
         "filter_runtime_days",
         || json!({"unit_of_measurement": "d", "icon": "mdi:air-filter", "state_class": "total_increasing", "entity_category": "diagnostic"}),
-        false,
+        Need::Nothing,
     ),
     (
         "sensor",
@@ -369,7 +444,7 @@ const SENSORS: [Sensor; 17] = [
         "Time to Target",
         "time_to_target",
         || json!({"unit_of_measurement": "min", "icon": "mdi:clock-outline", "state_class": "measurement"}),
-        false,
+        Need::Nothing,
     ),
     (
         "binary_sensor",
@@ -377,7 +452,7 @@ const SENSORS: [Sensor; 17] = [
         "Sunlight Correction Active",
         "sunlight_correction_active",
         || json!({"payload_on": "true", "payload_off": "false", "icon": "mdi:weather-sunny", "entity_category": "diagnostic"}),
-        false,
+        Need::Nothing,
     ),
     (
         "sensor",
@@ -385,7 +460,7 @@ const SENSORS: [Sensor; 17] = [
         "Compressor Lockout",
         "compressor_lockout_timeout",
         || json!({"unit_of_measurement": "s", "icon": "mdi:timer-lock", "state_class": "measurement", "entity_category": "diagnostic"}),
-        false,
+        Need::Nothing,
     ),
     (
         "binary_sensor",
@@ -393,7 +468,7 @@ const SENSORS: [Sensor; 17] = [
         "Learning Mode",
         "learning_mode",
         || json!({"payload_on": "true", "payload_off": "false", "icon": "mdi:school", "entity_category": "diagnostic"}),
-        false,
+        Need::Nothing,
     ),
     (
         "binary_sensor",
@@ -401,7 +476,7 @@ const SENSORS: [Sensor; 17] = [
         "Heat Pump Ready",
         "heat_pump_ready",
         || json!({"payload_on": "true", "payload_off": "false", "icon": "mdi:heat-pump", "entity_category": "diagnostic"}),
-        false,
+        Need::Nothing,
     ),
     (
         "sensor",
@@ -409,7 +484,7 @@ const SENSORS: [Sensor; 17] = [
         "Local IP",
         "local_ip",
         || json!({"icon": "mdi:ip-network", "entity_category": "diagnostic"}),
-        false,
+        Need::Nothing,
     ),
     (
         "sensor",
@@ -417,7 +492,68 @@ const SENSORS: [Sensor; 17] = [
         "Fan Timer Remaining",
         "fan_timer_remaining",
         || json!({"unit_of_measurement": "min", "icon": "mdi:fan-clock", "state_class": "measurement"}),
-        true,
+        Need::Fan,
+    ),
+    (
+        "sensor",
+        "runtime_heat",
+        "Heating Runtime (24 h)",
+        "runtime_heat",
+        || json!({"unit_of_measurement": "min", "device_class": "duration", "state_class": "measurement", "icon": "mdi:fire"}),
+        Need::Nothing,
+    ),
+    (
+        "sensor",
+        "runtime_cool",
+        "Cooling Runtime (24 h)",
+        "runtime_cool",
+        || json!({"unit_of_measurement": "min", "device_class": "duration", "state_class": "measurement", "icon": "mdi:snowflake"}),
+        Need::Cooling,
+    ),
+    (
+        "sensor",
+        "runtime_fan",
+        "Fan Runtime (24 h)",
+        "runtime_fan",
+        || json!({"unit_of_measurement": "min", "device_class": "duration", "state_class": "measurement", "icon": "mdi:fan"}),
+        Need::Fan,
+    ),
+    (
+        "sensor",
+        "runtime_aux",
+        "Aux Heat Runtime (24 h)",
+        "runtime_aux",
+        || json!({"unit_of_measurement": "min", "device_class": "duration", "state_class": "measurement", "icon": "mdi:heat-wave"}),
+        Need::AuxHeat,
+    ),
+];
+
+/// Entities that also take commands: (component, suffix, name, state and command topic, extra
+/// fields, what the thermostat needs).
+const CONTROLS: [Sensor; 3] = [
+    (
+        "number",
+        "fan_duration",
+        "Fan Duration",
+        "fan_duration",
+        || json!({"unit_of_measurement": "min", "icon": "mdi:fan-clock", "min": 15, "max": 1440, "step": 15, "mode": "slider"}),
+        Need::Fan,
+    ),
+    (
+        "switch",
+        "eco_mode",
+        "Eco",
+        "eco_mode",
+        || json!({"payload_on": "ON", "payload_off": "OFF", "icon": "mdi:leaf"}),
+        Need::Nothing,
+    ),
+    (
+        "switch",
+        "emergency_heat",
+        "Emergency Heat",
+        "emergency_heat",
+        || json!({"payload_on": "ON", "payload_off": "OFF", "icon": "mdi:heat-wave"}),
+        Need::EmergencyHeat,
     ),
 ];
 
@@ -438,8 +574,10 @@ fn common(naming: &Naming, serial: &str, name: &str) -> Map<String, Value> {
     m
 }
 
-/// Discovery configs: (topic, payload). A topic with an empty payload removes an entity that
-/// no longer applies (a fan entity when the device reports no fan).
+/// Discovery configs: (topic, payload). The climate entity's config depends only on what the
+/// thermostat can do and its name. A topic with an empty payload removes an entity that does not
+/// apply (a fan entity without a fan; everything but the climate entity with
+/// `MQTT_MINIMAL_DISCOVERY`).
 pub fn discovery(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, String)> {
     if !naming.ha_discovery {
         return Vec::new();
@@ -472,62 +610,74 @@ pub fn discovery(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, 
     climate.insert("max_temp".into(), json!(32));
     climate.insert("optimistic".into(), json!(false));
     climate.insert("qos".into(), json!(1));
-    match view.ha_mode() {
-        "heat" | "cool" => {
-            climate.insert("temperature_command_topic".into(), json!(t("target_temperature/set")));
-            climate.insert("temperature_state_topic".into(), json!(t("target_temperature")));
-        }
-        "heat_cool" => {
-            climate.insert("temperature_low_command_topic".into(), json!(t("target_temperature_low/set")));
-            climate.insert("temperature_low_state_topic".into(), json!(t("target_temperature_low")));
-            climate.insert("temperature_high_command_topic".into(), json!(t("target_temperature_high/set")));
-            climate.insert("temperature_high_state_topic".into(), json!(t("target_temperature_high")));
-        }
-        _ => {}
+    // Every setpoint topic in every mode: a temperature sent with a mode change (or in off)
+    // always has a topic, and a mode change never changes the config.
+    for (key, topic) in [
+        ("temperature", "target_temperature"),
+        ("temperature_low", "target_temperature_low"),
+        ("temperature_high", "target_temperature_high"),
+    ] {
+        climate.insert(format!("{key}_command_topic"), json!(t(&format!("{topic}/set"))));
+        climate.insert(format!("{key}_state_topic"), json!(t(topic)));
     }
-    let mut out = vec![(
-        format!("{}/climate/nest_{serial}/thermostat/config", naming.discovery),
-        Value::Object(climate).to_string(),
-    )];
-    let has_fan = view.has_fan();
-    for (component, suffix, label, state, extra, needs_fan) in SENSORS {
-        let topic = format!("{}/{component}/nest_{serial}/{suffix}/config", naming.discovery);
-        if needs_fan && !has_fan {
-            out.push((topic, String::new()));
-            continue;
+    let mut out = vec![(config_topic(naming, serial, "climate", "thermostat"), Value::Object(climate).to_string())];
+    let announced = |need: Need| !naming.minimal && need.met(&view);
+    for (controls, list) in [(false, &SENSORS[..]), (true, &CONTROLS[..])] {
+        for (component, suffix, label, state, extra, need) in list {
+            let topic = config_topic(naming, serial, component, suffix);
+            if !announced(*need) {
+                out.push((topic, String::new()));
+                continue;
+            }
+            let mut m = entity(naming, serial, &name, component, suffix, label);
+            m.insert("state_topic".into(), json!(t(state)));
+            if controls {
+                m.insert("command_topic".into(), json!(t(&format!("{state}/set"))));
+            }
+            if let Value::Object(e) = extra() {
+                m.extend(e);
+            }
+            if controls {
+                m.insert("qos".into(), json!(1));
+            }
+            out.push((topic, Value::Object(m).to_string()));
         }
-        let mut m = Map::new();
-        m.insert("unique_id".into(), json!(format!("nolongerevil_{serial}_{suffix}")));
-        m.insert("name".into(), json!(label));
-        m.insert("default_entity_id".into(), json!(format!("{component}.nest_{serial}_{suffix}")));
-        m.extend(common(naming, serial, &name));
-        m.insert("state_topic".into(), json!(t(state)));
-        if let Value::Object(e) = extra() {
-            m.extend(e);
-        }
-        out.push((topic, Value::Object(m).to_string()));
     }
-    let fan_duration = format!("{}/number/nest_{serial}/fan_duration/config", naming.discovery);
-    if has_fan {
-        let mut m = Map::new();
-        m.insert("unique_id".into(), json!(format!("nolongerevil_{serial}_fan_duration")));
-        m.insert("name".into(), json!("Fan Duration"));
-        m.insert("default_entity_id".into(), json!(format!("number.nest_{serial}_fan_duration")));
-        m.extend(common(naming, serial, &name));
-        m.insert("state_topic".into(), json!(t("fan_duration")));
-        m.insert("command_topic".into(), json!(t("fan_duration/set")));
-        m.insert("unit_of_measurement".into(), json!("min"));
-        m.insert("icon".into(), json!("mdi:fan-clock"));
-        m.insert("min".into(), json!(15));
-        m.insert("max".into(), json!(1440));
-        m.insert("step".into(), json!(15));
-        m.insert("mode".into(), json!("slider"));
+    let topic = config_topic(naming, serial, "humidifier", "humidifier");
+    if announced(Need::Humidifier) {
+        let mut m = entity(naming, serial, &name, "humidifier", "humidifier", "Humidifier");
+        m.insert("device_class".into(), json!("humidifier"));
+        m.insert("state_topic".into(), json!(t("humidifier")));
+        m.insert("command_topic".into(), json!(t("humidifier/set")));
+        m.insert("target_humidity_state_topic".into(), json!(t("target_humidity")));
+        m.insert("target_humidity_command_topic".into(), json!(t("target_humidity/set")));
+        m.insert("current_humidity_topic".into(), json!(t("current_humidity")));
+        m.insert("action_topic".into(), json!(t("humidifier_action")));
+        m.insert("min_humidity".into(), json!(10));
+        m.insert("max_humidity".into(), json!(60));
         m.insert("qos".into(), json!(1));
-        out.push((fan_duration, Value::Object(m).to_string()));
+        out.push((topic, Value::Object(m).to_string()));
     } else {
-        out.push((fan_duration, String::new()));
+        out.push((topic, String::new()));
     }
     out
+}
+
+/// The fields every entity but the climate one starts with.
+fn entity(
+    naming: &Naming,
+    serial: &str,
+    device_name: &str,
+    component: &str,
+    suffix: &str,
+    label: &str,
+) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("unique_id".into(), json!(format!("nolongerevil_{serial}_{suffix}")));
+    m.insert("name".into(), json!(label));
+    m.insert("default_entity_id".into(), json!(format!("{component}.nest_{serial}_{suffix}")));
+    m.extend(common(naming, serial, device_name));
+    m
 }
 
 #[cfg(test)]
@@ -540,6 +690,7 @@ mod tests {
             discovery: "homeassistant".into(),
             publish_raw: true,
             ha_discovery: true,
+            minimal: false,
         }
     }
 
@@ -573,16 +724,70 @@ mod tests {
     }
 
     #[test]
-    fn discovery_signature_follows_layout_not_mode() {
+    fn discovery_signature_follows_capabilities_not_mode() {
         let device = f(json!({"has_fan": true}));
-        let sig = |mode: &str| {
-            let shared = f(json!({"target_temperature_type": mode}));
-            View { device: Some(&device), shared: Some(&shared), structure: None, now_s: 0 }.discovery_signature("S")
+        let sig = |mode: &str, can_cool: bool| {
+            let shared = f(json!({"target_temperature_type": mode, "can_cool": can_cool}));
+            View { device: Some(&device), shared: Some(&shared), ..Default::default() }.discovery_signature("S")
         };
-        assert_eq!(sig("heat"), sig("cool"));
-        assert_eq!(sig("heat"), sig("emergency"));
-        assert_ne!(sig("heat"), sig("range"));
-        assert_ne!(sig("heat"), sig("off"));
+        for mode in ["cool", "emergency", "range", "off"] {
+            assert_eq!(sig("heat", true), sig(mode, true), "{mode}");
+        }
+        assert_ne!(sig("heat", true), sig("heat", false));
+    }
+
+    #[test]
+    fn the_climate_config_is_the_same_in_every_mode() {
+        let device = f(json!({"has_fan": true}));
+        let config = |mode: &str| {
+            let shared = f(json!({"target_temperature_type": mode}));
+            let view = View { device: Some(&device), shared: Some(&shared), ..Default::default() };
+            discovery(&naming(), "S", view)
+        };
+        let heat = config("heat");
+        for mode in ["cool", "range", "off", "emergency"] {
+            assert_eq!(heat, config(mode), "{mode}");
+        }
+        let climate: Value = serde_json::from_str(&heat[0].1).unwrap();
+        for key in ["temperature", "temperature_low", "temperature_high"] {
+            assert!(climate[format!("{key}_command_topic")].is_string(), "{key}");
+            assert!(climate[format!("{key}_state_topic")].is_string(), "{key}");
+        }
+    }
+
+    #[test]
+    fn entities_follow_what_the_thermostat_has() {
+        let config = |device: Value, naming: &Naming| {
+            let device = f(device);
+            let shared = f(json!({"target_temperature_type": "heat"}));
+            let view = View { device: Some(&device), shared: Some(&shared), ..Default::default() };
+            discovery(naming, "S", view)
+        };
+        let announced = |configs: &[(String, String)], part: &str| {
+            configs.iter().find(|(t, _)| t.contains(part)).map(|(_, p)| !p.is_empty()).unwrap()
+        };
+        let plain = config(json!({}), &naming());
+        let full = config(json!({"has_fan": true, "has_humidifier": true, "has_emer_heat": true}), &naming());
+        for part in [
+            "/humidifier/nest_S/",
+            "/switch/nest_S/emergency_heat/",
+            "/sensor/nest_S/runtime_aux/",
+            "/sensor/nest_S/runtime_fan/",
+        ] {
+            assert!(!announced(&plain, part), "{part}");
+            assert!(announced(&full, part), "{part}");
+        }
+        for part in ["/switch/nest_S/eco_mode/", "/sensor/nest_S/runtime_heat/"] {
+            assert!(announced(&plain, part), "{part}");
+        }
+        let humidifier: Value =
+            serde_json::from_str(&full.iter().find(|(t, _)| t.contains("/humidifier/")).unwrap().1).unwrap();
+        assert_eq!(humidifier["target_humidity_command_topic"], "nolongerevil/S/ha/target_humidity/set");
+        assert_eq!((humidifier["min_humidity"].as_i64(), humidifier["max_humidity"].as_i64()), (Some(10), Some(60)));
+        let minimal = config(json!({"has_fan": true, "has_humidifier": true}), &Naming { minimal: true, ..naming() });
+        assert_eq!(minimal.iter().filter(|(_, p)| !p.is_empty()).count(), 1, "only the climate entity");
+        assert!(minimal[0].0.contains("/climate/"));
+        assert_eq!(minimal.len(), discovery_topics(&naming(), "S").len());
     }
 
     #[test]
@@ -591,22 +796,62 @@ mod tests {
         let shared = f(
             json!({"target_temperature_type": "range", "target_temperature_low": 19.0, "target_temperature_high": 24.0, "target_temperature": 21.0, "hvac_heater_state": true, "current_temperature": 20.5}),
         );
-        let view = View { device: Some(&device), shared: Some(&shared), structure: None, now_s: 1000 };
+        let view =
+            View { device: Some(&device), shared: Some(&shared), structure: None, now_s: 1000, ..Default::default() };
         let state = ha_state(&naming(), "S", view);
         let get = |t: &str| state.iter().find(|(k, _)| k.ends_with(t)).map(|(_, v)| v.as_str());
         assert_eq!(get("/ha/mode"), Some("heat_cool"));
-        assert_eq!(get("/ha/target_temperature"), Some(""), "cleared outside heat/cool");
+        assert_eq!(get("/ha/target_temperature"), Some("None"), "hidden outside heat/cool");
         assert_eq!(get("/ha/target_temperature_low"), Some("19.0"));
         assert_eq!(get("/ha/action"), Some("heating"));
         assert_eq!(get("/ha/battery"), Some("80"));
         assert_eq!(get("/ha/fan_mode"), Some("auto"));
+        assert_eq!(get("/ha/preset"), Some("home"));
+        assert_eq!(get("/ha/eco_mode"), Some("OFF"));
+        assert_eq!(get("/ha/emergency_heat"), Some("OFF"));
+        assert_eq!(get("/ha/humidifier"), None, "no humidifier");
+    }
+
+    #[test]
+    fn ha_state_of_presets_humidity_and_runtime() {
+        let device = f(
+            json!({"has_humidifier": true, "target_humidity_enabled": true, "target_humidity": 35, "humidifier_state": true}),
+        );
+        let shared = f(json!({"target_temperature_type": "emergency", "target_temperature": 20.0}));
+        let structure = f(json!({"manual_eco_all": true, "manual_eco_timestamp": 10}));
+        let runtime = Stages { heat: 3600, cool: 0, fan: 59, aux: 120 };
+        let view = View {
+            device: Some(&device),
+            shared: Some(&shared),
+            structure: Some(&structure),
+            asked: Some(Preset::Eco),
+            runtime: Some(runtime),
+            now_s: 1000,
+        };
+        let state = ha_state(&naming(), "S", view);
+        let get = |t: &str| state.iter().find(|(k, _)| k.ends_with(t)).map(|(_, v)| v.as_str());
+        assert_eq!(get("/ha/mode"), Some("heat"));
+        assert_eq!(get("/ha/target_temperature"), Some("20.0"));
+        assert_eq!(get("/ha/target_temperature_low"), Some("None"));
+        assert_eq!(get("/ha/preset"), Some("eco"));
+        assert_eq!(get("/ha/eco_mode"), Some("ON"));
+        assert_eq!(get("/ha/emergency_heat"), Some("ON"));
+        assert_eq!(
+            (get("/ha/humidifier"), get("/ha/target_humidity"), get("/ha/humidifier_action")),
+            (Some("ON"), Some("35"), Some("humidifying"))
+        );
+        assert_eq!(
+            (get("/ha/runtime_heat"), get("/ha/runtime_fan"), get("/ha/runtime_aux")),
+            (Some("60"), Some("0"), Some("2"))
+        );
     }
 
     #[test]
     fn discovery_matches_capabilities_and_layout() {
         let device = f(json!({"has_fan": false}));
         let shared = f(json!({"target_temperature_type": "heat", "can_cool": false}));
-        let view = View { device: Some(&device), shared: Some(&shared), structure: None, now_s: 0 };
+        let view =
+            View { device: Some(&device), shared: Some(&shared), structure: None, now_s: 0, ..Default::default() };
         let configs = discovery(&naming(), "S", view);
         let climate: Value = serde_json::from_str(&configs[0].1).unwrap();
         assert_eq!(climate["modes"], json!(["off", "heat"]));

@@ -281,6 +281,8 @@ impl Thermostat {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("chunk is not one JSON document: {e}")))?;
         let mut keys = Vec::new();
         let mut ack = false;
+        // Eco as the firmware reports it once the structure's manual eco changes.
+        let mut eco: Option<bool> = None;
         {
             let mut s = lock(&self.state);
             for o in doc["objects"].as_array().into_iter().flatten() {
@@ -296,6 +298,13 @@ impl Thermostat {
                     if key.starts_with("shared.") && value.get("target_change_pending") == Some(&Value::Bool(true)) {
                         ack = true;
                     }
+                    if key.starts_with("structure.") {
+                        let before = s.buckets.get(key).and_then(|b| b.value.get("manual_eco_all").cloned());
+                        eco = value
+                            .get("manual_eco_all")
+                            .and_then(Value::as_bool)
+                            .filter(|now| before != Some(json!(now)));
+                    }
                     s.buckets.insert(key.to_string(), SimBucket { revision: rev, timestamp: ts, value });
                 }
             }
@@ -304,6 +313,11 @@ impl Thermostat {
         self.changed();
         if ack {
             self.set_local("shared", json!({"target_change_pending": false})).await?;
+        }
+        if let Some(on) = eco {
+            let at = crate::domain::time::now_s();
+            let mode = if on { "manual-eco" } else { "schedule" };
+            self.set_local("device", json!({"eco": {"mode": mode, "leaf": on, "mode_update_timestamp": at}})).await?;
         }
         Ok(())
     }

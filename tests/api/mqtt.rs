@@ -34,7 +34,7 @@ fn climate(serial: &str) -> String {
 }
 
 /// Every discovery config roost publishes for a thermostat with a fan.
-const ENTITIES: [(&str, &str, &str); 18] = [
+const ENTITIES: [(&str, &str, &str); 22] = [
     ("sensor", "temperature", "current_temperature"),
     ("sensor", "humidity", "current_humidity"),
     ("sensor", "outdoor_temperature", "outdoor_temperature"),
@@ -52,7 +52,11 @@ const ENTITIES: [(&str, &str, &str); 18] = [
     ("binary_sensor", "heat_pump_ready", "heat_pump_ready"),
     ("sensor", "local_ip", "local_ip"),
     ("sensor", "fan_timer_remaining", "fan_timer_remaining"),
+    ("sensor", "runtime_heat", "runtime_heat"),
+    ("sensor", "runtime_cool", "runtime_cool"),
+    ("sensor", "runtime_fan", "runtime_fan"),
     ("number", "fan_duration", "fan_duration"),
+    ("switch", "eco_mode", "eco_mode"),
 ];
 
 /// Runs a scenario once on rumqttd and once on Mosquitto (when installed).
@@ -76,7 +80,7 @@ macro_rules! on_both_brokers {
 
 on_both_brokers!(
     discovery_and_state_topics,
-    discovery_follows_capabilities_and_setpoint_layout_only,
+    discovery_follows_capabilities_and_name_only,
     home_assistant_commands_reach_the_thermostat,
     malformed_messages_are_ignored_and_the_next_one_works,
     retained_commands_are_not_replayed,
@@ -84,6 +88,9 @@ on_both_brokers!(
     availability_follows_the_thermostat_and_roost,
     delete_clears_retained_topics,
     messages_per_set_temperature_command,
+    home_assistant_cases_from_the_first_hour,
+    entities_for_what_the_thermostat_has,
+    minimal_discovery_announces_the_climate_entity_only,
 );
 
 /// roost with MQTT pointed at `port`.
@@ -143,6 +150,10 @@ async fn discovery_and_state_topics(broker: Broker) {
         ("battery", "84"),
         ("fan_timer_remaining", "0"),
         ("fan_duration", "60"),
+        ("eco_mode", "OFF"),
+        ("emergency_heat", "OFF"),
+        ("runtime_heat", "0"),
+        ("runtime_cool", "0"),
     ];
     let log = rec
         .wait_for("discovery and first state", |l| {
@@ -179,9 +190,12 @@ async fn discovery_and_state_topics(broker: Broker) {
     assert_eq!(c["fan_mode_state_topic"], ha(SERIAL, "fan_mode"));
     assert_eq!(c["preset_modes"], json!(["home", "away", "eco"]));
     assert_eq!(c["preset_mode_command_topic"], ha(SERIAL, "preset/set"));
-    assert_eq!(c["temperature_command_topic"], ha(SERIAL, "target_temperature/set"));
-    assert_eq!(c["temperature_state_topic"], ha(SERIAL, "target_temperature"));
-    assert!(c.get("temperature_low_command_topic").is_none(), "one setpoint in heat mode: {c}");
+    // Every setpoint topic in every mode: the config never changes with the mode.
+    for name in ["temperature", "temperature_low", "temperature_high"] {
+        let topic = name.replace("temperature", "target_temperature");
+        assert_eq!(c[format!("{name}_command_topic")], ha(SERIAL, &format!("{topic}/set")), "{c}");
+        assert_eq!(c[format!("{name}_state_topic")], ha(SERIAL, &topic), "{c}");
+    }
     assert_eq!((c["temperature_unit"].clone(), c["optimistic"].clone()), (json!("C"), json!(false)));
     assert!(c["min_temp"].is_number() && c["max_temp"].is_number() && c["temp_step"].is_number());
 
@@ -197,6 +211,16 @@ async fn discovery_and_state_topics(broker: Broker) {
     }
     let fan_duration = log.json(&config("number", SERIAL, "fan_duration")).unwrap();
     assert_eq!(fan_duration["command_topic"], ha(SERIAL, "fan_duration/set"));
+    assert_eq!(log.json(&config("switch", SERIAL, "eco_mode")).unwrap()["command_topic"], ha(SERIAL, "eco_mode/set"));
+    let runtime = log.json(&config("sensor", SERIAL, "runtime_heat")).unwrap();
+    assert_eq!(
+        (runtime["device_class"].clone(), runtime["unit_of_measurement"].clone()),
+        (json!("duration"), json!("min"))
+    );
+    // What this thermostat does not have is not announced (an empty config removes it).
+    for (component, suffix) in [("humidifier", "humidifier"), ("switch", "emergency_heat"), ("sensor", "runtime_aux")] {
+        assert_eq!(log.latest(&config(component, SERIAL, suffix)), Some(""), "{suffix}");
+    }
     assert_eq!((fan_duration["min"].clone(), fan_duration["max"].clone()), (json!(15), json!(1440)));
     let battery = log.json(&config("sensor", SERIAL, "battery")).unwrap();
     assert_eq!(
@@ -206,7 +230,7 @@ async fn discovery_and_state_topics(broker: Broker) {
 
     // Home Assistant state topics (all of `state` above), and the setpoints heat mode does not use.
     for unused in ["target_temperature_low", "target_temperature_high"] {
-        assert_eq!(log.latest(&ha(SERIAL, unused)).unwrap_or(""), "", "{unused} is not used in heat mode");
+        assert_eq!(log.latest(&ha(SERIAL, unused)), Some("None"), "{unused} is hidden in heat mode");
     }
 
     // Raw topics: the whole bucket and each field, with JSON scalars.
@@ -220,7 +244,7 @@ async fn discovery_and_state_topics(broker: Broker) {
     assert_eq!(log.latest(&topic(SERIAL, "device/current_humidity")), Some("45"));
     assert_eq!(log.latest(&topic(SERIAL, "device/temperature_scale")), Some("C"));
     assert_eq!(log.json(&topic(SERIAL, "device/eco")), Some(json!({"mode": "schedule", "leaf": false})));
-    for (t, p) in &log.messages {
+    for (t, p) in log.messages.iter().filter(|(t, _)| !t.contains("/ha/")) {
         assert!(!["True", "False", "None"].contains(&p.as_str()), "{t} = {p}: not a JSON scalar");
     }
 
@@ -237,45 +261,46 @@ async fn discovery_and_state_topics(broker: Broker) {
     assert_eq!(got, expected, "only the changed values are published");
 }
 
-async fn discovery_follows_capabilities_and_setpoint_layout_only(broker: Broker) {
+async fn discovery_follows_capabilities_and_name_only(broker: Broker) {
     let rec = Recorder::connect(broker.port, None).await;
     let app = roost(broker.port, &[]).await;
     let t = app.booted(SERIAL).await;
     announced(&rec, SERIAL).await;
     let count = |l: &Log| l.count(&climate(SERIAL));
     let first = count(&rec.log());
+    let original = rec.log().json(&climate(SERIAL)).unwrap();
 
-    // Mode heat → cool: a new mode, the same single setpoint. No new discovery.
+    // Every mode and setpoint layout: the same config, never re-sent (Home Assistant resets an
+    // entity, its preset included, whenever its config arrives again).
     t.set_local("shared", json!({"target_temperature_type": "cool"})).await.unwrap();
     let log = rec.wait_payload(&ha(SERIAL, "mode"), "cool").await;
-    assert_eq!(count(&log), first, "discovery is not re-sent for a state change");
     assert_eq!(log.latest(&ha(SERIAL, "target_temperature")), Some("20.0"));
-
-    // heat_cool: two setpoints, so the climate entity is announced again with low/high topics.
     t.set_local("shared", json!({"target_temperature_type": "range"})).await.unwrap();
-    let log = rec
-        .wait_for("discovery for two setpoints", |l| {
-            l.latest(&ha(SERIAL, "mode")) == Some("heat_cool") && count(l) == first + 1
-        })
-        .await;
-    let c = log.json(&climate(SERIAL)).unwrap();
-    assert_eq!(c["temperature_low_command_topic"], ha(SERIAL, "target_temperature_low/set"));
-    assert_eq!(c["temperature_low_state_topic"], ha(SERIAL, "target_temperature_low"));
-    assert_eq!(c["temperature_high_command_topic"], ha(SERIAL, "target_temperature_high/set"));
-    assert_eq!(c["temperature_high_state_topic"], ha(SERIAL, "target_temperature_high"));
-    assert!(c.get("temperature_command_topic").is_none(), "{c}");
+    let log = rec.wait_payload(&ha(SERIAL, "mode"), "heat_cool").await;
     assert_eq!(log.latest(&ha(SERIAL, "target_temperature_low")), Some("18.0"));
     assert_eq!(log.latest(&ha(SERIAL, "target_temperature_high")), Some("24.0"));
-    assert_eq!(log.latest(&ha(SERIAL, "target_temperature")), Some(""), "cleared outside heat/cool");
+    assert_eq!(log.latest(&ha(SERIAL, "target_temperature")), Some("None"), "hidden outside heat/cool");
+    t.set_local("shared", json!({"target_temperature_type": "off"})).await.unwrap();
+    let log = rec.wait_payload(&ha(SERIAL, "mode"), "off").await;
+    for name in ["target_temperature", "target_temperature_low", "target_temperature_high"] {
+        assert_eq!(log.latest(&ha(SERIAL, name)), Some("None"), "{name} in off");
+    }
+    assert_eq!(count(&log), first, "no discovery for a change of mode or layout");
+    assert_eq!(log.json(&climate(SERIAL)).unwrap(), original);
 
-    // A capability goes away: modes shrink.
+    // A capability goes away: modes shrink, and every state topic follows the new config.
+    let position = rec.position();
     t.set_local("shared", json!({"can_cool": false, "target_temperature_type": "heat"})).await.unwrap();
     let log = rec
-        .wait_for("modes without cooling", |l| {
-            l.json(&climate(SERIAL)).is_some_and(|c| c["modes"] == json!(["off", "heat"])) && count(l) == first + 2
+        .wait_for("modes without cooling, then the state again", |l| {
+            l.json(&climate(SERIAL)).is_some_and(|c| c["modes"] == json!(["off", "heat"]))
+                && l.seen_since(position, &ha(SERIAL, "preset"), "home")
+                && l.seen_since(position, &ha(SERIAL, "current_temperature"), "21.5")
         })
         .await;
-    assert_eq!(log.json(&climate(SERIAL)).unwrap()["temperature_command_topic"], ha(SERIAL, "target_temperature/set"));
+    assert_eq!(count(&log), first + 1);
+    assert_state_follows_config(&log, position);
+    assert_eq!(log.latest(&config("sensor", SERIAL, "runtime_cool")), Some(""), "no cooling runtime without cooling");
 
     // No fan: no fan modes, and the fan entities are removed.
     t.set_local("device", json!({"has_fan": false})).await.unwrap();
@@ -284,7 +309,7 @@ async fn discovery_follows_capabilities_and_setpoint_layout_only(broker: Broker)
             l.json(&climate(SERIAL)).is_some_and(|c| c.get("fan_modes").is_none())
                 && l.latest(&config("binary_sensor", SERIAL, "fan")) == Some("")
                 && l.latest(&config("number", SERIAL, "fan_duration")) == Some("")
-                && count(l) == first + 3
+                && count(l) == first + 2
         })
         .await;
     assert_eq!(log.latest(&ha(SERIAL, "mode")), Some("heat"));
@@ -296,6 +321,16 @@ async fn discovery_follows_capabilities_and_setpoint_layout_only(broker: Broker)
             && l.json(&config("sensor", SERIAL, "battery")).is_some_and(|c| c["device"]["name"] == "Hallway")
     })
     .await;
+}
+
+/// After a re-sent climate config, every Home Assistant state topic went out again, after it.
+fn assert_state_follows_config(log: &Log, since: usize) {
+    let new = &log.messages[since..];
+    let config_at = new.iter().rposition(|(t, _)| t == &climate(SERIAL)).expect("the config was re-sent");
+    for name in ["mode", "preset", "action", "target_temperature", "target_temperature_low", "current_temperature"] {
+        let at = new.iter().rposition(|(t, _)| t == &ha(SERIAL, name));
+        assert!(at.is_some_and(|at| at > config_at), "{name} re-sent after the config");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -403,6 +438,226 @@ async fn home_assistant_commands_reach_the_thermostat(broker: Broker) {
     assert_eq!(stats["connected"], true);
     stop.cancel();
     runner.await.unwrap();
+}
+
+async fn status(app: &TestApp, serial: &str) -> Value {
+    let r = app.control.send(&Request::get(&format!("/status?serial={serial}"))).await.expect("status");
+    assert_eq!(r.status(), 200);
+    r.json().unwrap()
+}
+
+fn eco_mode(s: &ThermostatState) -> Option<String> {
+    s.field(&format!("device.{SERIAL}"), "eco").and_then(|e| e["mode"].as_str()).map(String::from)
+}
+
+fn manual_eco(s: &ThermostatState) -> Option<bool> {
+    s.buckets
+        .iter()
+        .find(|(k, _)| k.starts_with("structure."))
+        .and_then(|(_, b)| b.value.get("manual_eco_all")?.as_bool())
+}
+
+/// The cases a Home Assistant user meets in the first hour, as Home Assistant publishes them:
+/// each ends with the thermostat and Home Assistant's state topics showing what was asked.
+async fn home_assistant_cases_from_the_first_hour(broker: Broker) {
+    let rec = Recorder::connect(broker.port, None).await;
+    let app = roost(broker.port, &[]).await;
+    let t = app.booted(SERIAL).await;
+    announced(&rec, SERIAL).await;
+    let configs = rec.log().count(&climate(SERIAL));
+    let stop = CancellationToken::new();
+    let runner = t.run(stop.clone());
+
+    // Eco is eco (not away), on the thermostat and in Home Assistant.
+    rec.publish(&ha(SERIAL, "preset/set"), "eco").await;
+    t.wait_for(WAIT, "manual eco", |s| manual_eco(s) == Some(true) && eco_mode(s).as_deref() == Some("manual-eco"))
+        .await
+        .unwrap();
+    rec.wait_for("preset eco, eco switch on", |l| {
+        l.latest(&ha(SERIAL, "preset")) == Some("eco") && l.latest(&ha(SERIAL, "eco_mode")) == Some("ON")
+    })
+    .await;
+    assert_eq!(status(&app, SERIAL).await["away"], false, "eco while someone is home is not away");
+
+    // A change of setpoint layout keeps the preset: no config is re-sent, eco stays eco.
+    for (mode, stored) in [("heat_cool", "range"), ("off", "off"), ("heat", "heat")] {
+        rec.publish(&ha(SERIAL, "mode/set"), mode).await;
+        sees_shared(&t, json!({"target_temperature_type": stored})).await;
+        let log = rec.wait_payload(&ha(SERIAL, "mode"), mode).await;
+        assert_eq!(log.latest(&ha(SERIAL, "preset")), Some("eco"), "after {mode}");
+    }
+    rec.publish(&ha(SERIAL, "mode/set"), "heat_cool").await;
+    sees_shared(&t, json!({"target_temperature_type": "range"})).await;
+
+    // A range moved up past its old high (18/24 → 25/28), low first as Home Assistant sends it.
+    rec.publish(&ha(SERIAL, "target_temperature_low/set"), "25").await;
+    rec.publish(&ha(SERIAL, "target_temperature_high/set"), "28").await;
+    sees_shared(&t, json!({"target_temperature_low": 25.0, "target_temperature_high": 28.0})).await;
+    rec.wait_for("range 25/28", |l| {
+        l.latest(&ha(SERIAL, "target_temperature_low")) == Some("25.0")
+            && l.latest(&ha(SERIAL, "target_temperature_high")) == Some("28.0")
+    })
+    .await;
+    // And down past its old low, high first.
+    rec.publish(&ha(SERIAL, "target_temperature_high/set"), "19").await;
+    rec.publish(&ha(SERIAL, "target_temperature_low/set"), "16").await;
+    sees_shared(&t, json!({"target_temperature_low": 16.0, "target_temperature_high": 19.0})).await;
+    // A lone bound applies against the stored other one.
+    rec.publish(&ha(SERIAL, "target_temperature_low/set"), "17").await;
+    sees_shared(&t, json!({"target_temperature_low": 17.0, "target_temperature_high": 19.0})).await;
+    rec.wait_payload(&ha(SERIAL, "target_temperature_low"), "17.0").await;
+
+    // A temperature sent with a mode change from heat_cool: the mode, then the temperature.
+    rec.publish(&ha(SERIAL, "mode/set"), "heat").await;
+    rec.publish(&ha(SERIAL, "target_temperature/set"), "23").await;
+    sees_shared(&t, json!({"target_temperature_type": "heat", "target_temperature": 23.0})).await;
+    rec.wait_for("heat at 23", |l| {
+        l.latest(&ha(SERIAL, "mode")) == Some("heat")
+            && l.latest(&ha(SERIAL, "target_temperature")) == Some("23.0")
+            && l.latest(&ha(SERIAL, "target_temperature_low")) == Some("None")
+    })
+    .await;
+
+    // From off, to heat with a temperature and to heat_cool with a range.
+    rec.publish(&ha(SERIAL, "mode/set"), "off").await;
+    sees_shared(&t, json!({"target_temperature_type": "off"})).await;
+    rec.publish(&ha(SERIAL, "mode/set"), "heat").await;
+    rec.publish(&ha(SERIAL, "target_temperature/set"), "21.5").await;
+    sees_shared(&t, json!({"target_temperature_type": "heat", "target_temperature": 21.5})).await;
+    rec.wait_payload(&ha(SERIAL, "target_temperature"), "21.5").await;
+    rec.publish(&ha(SERIAL, "mode/set"), "off").await;
+    sees_shared(&t, json!({"target_temperature_type": "off"})).await;
+    rec.publish(&ha(SERIAL, "mode/set"), "heat_cool").await;
+    rec.publish(&ha(SERIAL, "target_temperature_low/set"), "20").await;
+    rec.publish(&ha(SERIAL, "target_temperature_high/set"), "26").await;
+    sees_shared(
+        &t,
+        json!({"target_temperature_type": "range", "target_temperature_low": 20.0, "target_temperature_high": 26.0}),
+    )
+    .await;
+    rec.wait_payload(&ha(SERIAL, "target_temperature_high"), "26.0").await;
+
+    // Away is away; Home Assistant's "none" is home.
+    rec.publish(&ha(SERIAL, "preset/set"), "away").await;
+    rec.wait_payload(&ha(SERIAL, "preset"), "away").await;
+    assert_eq!(status(&app, SERIAL).await["away"], true);
+    rec.publish(&ha(SERIAL, "preset/set"), "none").await;
+    t.wait_for(WAIT, "eco left", |s| manual_eco(s) == Some(false) && eco_mode(s).as_deref() == Some("schedule"))
+        .await
+        .unwrap();
+    rec.wait_for("preset home", |l| {
+        l.latest(&ha(SERIAL, "preset")) == Some("home") && l.latest(&ha(SERIAL, "eco_mode")) == Some("OFF")
+    })
+    .await;
+    assert_eq!(status(&app, SERIAL).await["away"], false);
+    // The eco switch does the same as the eco preset.
+    rec.publish(&ha(SERIAL, "eco_mode/set"), "ON").await;
+    rec.wait_payload(&ha(SERIAL, "preset"), "eco").await;
+    rec.publish(&ha(SERIAL, "eco_mode/set"), "OFF").await;
+    rec.wait_payload(&ha(SERIAL, "preset"), "home").await;
+
+    // Eco started on the thermostat: manual eco reads eco, auto-eco (nobody home) reads away.
+    t.set_local("device", json!({"eco": {"mode": "auto-eco", "leaf": true}})).await.unwrap();
+    rec.wait_payload(&ha(SERIAL, "preset"), "away").await;
+    t.set_local("device", json!({"eco": {"mode": "manual-eco", "leaf": true}})).await.unwrap();
+    rec.wait_payload(&ha(SERIAL, "preset"), "eco").await;
+
+    let log = rec.log();
+    assert_eq!(log.count(&climate(SERIAL)), configs, "the climate config was never re-sent");
+    assert_eq!(mqtt_stats(&app).await["commands_rejected"], 0);
+    stop.cancel();
+    runner.await.unwrap();
+}
+
+/// Humidity, emergency heat and the fan timer, announced and working where the thermostat has them.
+async fn entities_for_what_the_thermostat_has(broker: Broker) {
+    let rec = Recorder::connect(broker.port, None).await;
+    let app = roost(broker.port, &[]).await;
+    let t = app.booted(SERIAL).await;
+    announced(&rec, SERIAL).await;
+    t.set_local("device", json!({"has_humidifier": true, "has_emer_heat": true, "has_heat_pump": true})).await.unwrap();
+    let log = rec
+        .wait_for("the humidifier and emergency heat announced", |l| {
+            l.json(&config("humidifier", SERIAL, "humidifier")).is_some()
+                && l.json(&config("switch", SERIAL, "emergency_heat")).is_some()
+                && l.json(&config("sensor", SERIAL, "runtime_aux")).is_some()
+                && l.latest(&ha(SERIAL, "humidifier")) == Some("OFF")
+        })
+        .await;
+    let h = log.json(&config("humidifier", SERIAL, "humidifier")).unwrap();
+    assert_eq!(h["command_topic"], ha(SERIAL, "humidifier/set"));
+    assert_eq!(h["target_humidity_state_topic"], ha(SERIAL, "target_humidity"));
+    assert_eq!(h["device_class"], "humidifier");
+    let stop = CancellationToken::new();
+    let runner = t.run(stop.clone());
+    let device = format!("device.{SERIAL}");
+
+    // A humidity target turns humidity control on, the enable first.
+    rec.publish(&ha(SERIAL, "target_humidity/set"), "40").await;
+    let s = t
+        .wait_for(WAIT, "humidity 40", |s| {
+            s.field(&device, "target_humidity") == Some(&json!(40))
+                && s.field(&device, "target_humidity_enabled") == Some(&json!(true))
+        })
+        .await
+        .unwrap();
+    let keys: Vec<&String> = s.buckets[&device].value.keys().collect();
+    let at = |k: &str| keys.iter().position(|x| *x == k).unwrap();
+    assert!(at("target_humidity_enabled") < at("target_humidity"), "the enable comes first: {keys:?}");
+    rec.wait_for("humidifier on at 40", |l| {
+        l.latest(&ha(SERIAL, "humidifier")) == Some("ON") && l.latest(&ha(SERIAL, "target_humidity")) == Some("40")
+    })
+    .await;
+    rec.publish(&ha(SERIAL, "humidifier/set"), "OFF").await;
+    t.wait_for(WAIT, "humidity off", |s| s.field(&device, "target_humidity_enabled") == Some(&json!(false)))
+        .await
+        .unwrap();
+    rec.wait_payload(&ha(SERIAL, "humidifier_action"), "off").await;
+
+    // Emergency heat on, and off again to heat; off does nothing outside emergency heat.
+    rec.publish(&ha(SERIAL, "emergency_heat/set"), "ON").await;
+    sees_shared(&t, json!({"target_temperature_type": "emergency"})).await;
+    rec.wait_for("emergency heat on", |l| {
+        l.latest(&ha(SERIAL, "emergency_heat")) == Some("ON") && l.latest(&ha(SERIAL, "mode")) == Some("heat")
+    })
+    .await;
+    rec.publish(&ha(SERIAL, "emergency_heat/set"), "OFF").await;
+    sees_shared(&t, json!({"target_temperature_type": "heat"})).await;
+    rec.wait_payload(&ha(SERIAL, "emergency_heat"), "OFF").await;
+    rec.publish(&ha(SERIAL, "mode/set"), "cool").await;
+    sees_shared(&t, json!({"target_temperature_type": "cool"})).await;
+    rec.publish(&ha(SERIAL, "emergency_heat/set"), "OFF").await;
+    rec.publish(&ha(SERIAL, "target_temperature/set"), "24").await;
+    sees_shared(&t, json!({"target_temperature_type": "cool", "target_temperature": 24.0})).await;
+
+    // Runtime per stage: a heating stage that ran shows up as minutes (whole minutes; a short
+    // test run may still read 0, so only the topic and its form are checked here).
+    t.set_local("shared", json!({"hvac_heater_state": true, "hvac_aux_heater_state": true})).await.unwrap();
+    let log = rec.wait_payload(&ha(SERIAL, "action"), "heating").await;
+    for stage in ["heat", "cool", "fan", "aux"] {
+        let minutes = log.latest(&ha(SERIAL, &format!("runtime_{stage}"))).unwrap_or_default();
+        assert!(minutes.parse::<u64>().is_ok(), "runtime_{stage} = {minutes:?}");
+    }
+    assert_eq!(mqtt_stats(&app).await["commands_rejected"], 0);
+    stop.cancel();
+    runner.await.unwrap();
+}
+
+/// `MQTT_MINIMAL_DISCOVERY=true`: the climate entity only; every other entity is removed.
+async fn minimal_discovery_announces_the_climate_entity_only(broker: Broker) {
+    let rec = Recorder::connect(broker.port, None).await;
+    let app = roost(broker.port, &["--mqtt-minimal-discovery=true"]).await;
+    app.booted(SERIAL).await;
+    announced(&rec, SERIAL).await;
+    let log = rec
+        .wait_for("every other config cleared", |l| {
+            ENTITIES.iter().all(|(c, s, _)| l.latest(&config(c, SERIAL, s)) == Some(""))
+        })
+        .await;
+    let configs: Vec<&String> =
+        log.latest.iter().filter(|(t, p)| t.starts_with(DISCOVERY) && !p.is_empty()).map(|(t, _)| t).collect();
+    assert_eq!(configs, [&climate(SERIAL)]);
+    drop(app);
 }
 
 async fn malformed_messages_are_ignored_and_the_next_one_works(broker: Broker) {
