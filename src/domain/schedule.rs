@@ -2,8 +2,9 @@
 //! device-native form that replaces the bucket.
 //!
 //! Canonical form: `{"ver": 2, "name": "...", "schedule_mode": "HEAT", "days": {"0": {...}, ..., "6": {...}}}`
-//! with all seven days present (0 = Monday) and each day's setpoints keyed `"0"`, `"1"`, ... in
-//! ascending time order.
+//! with the days that were sent (0 = Monday) in day order and each day's setpoints keyed `"0"`,
+//! `"1"`, ... in ascending time order. Days not sent are not added: the device replaces the whole
+//! schedule either way, and clients read a cleared schedule (`"days": {}`) back as sent.
 
 use std::collections::BTreeMap;
 
@@ -58,11 +59,11 @@ pub fn normalize(value: &Value) -> Result<Fields, String> {
     let Some(Value::Object(days)) = schedule.get("days") else {
         return Err("Schedule must contain a 'days' object".into());
     };
-    let mut normalized: [Fields; 7] = Default::default();
+    let mut normalized: [Option<Fields>; 7] = Default::default();
     for (key, day) in days {
         let index =
             day_index(key).ok_or_else(|| format!("Invalid day key '{key}' (must be '0'-'6', Monday-Sunday)"))?;
-        normalized[index] = normalize_day(key, day, mode)?;
+        normalized[index] = Some(normalize_day(key, day, mode)?);
     }
 
     let mut out = Map::new();
@@ -70,7 +71,8 @@ pub fn normalize(value: &Value) -> Result<Fields, String> {
     let name = schedule.get("name").and_then(Value::as_str).unwrap_or_default();
     out.insert("name".into(), Value::from(name));
     out.insert("schedule_mode".into(), Value::from(mode));
-    let days: Fields = normalized.into_iter().enumerate().map(|(i, day)| (i.to_string(), Value::Object(day))).collect();
+    let days: Fields =
+        normalized.into_iter().enumerate().filter_map(|(i, day)| Some((i.to_string(), Value::Object(day?)))).collect();
     out.insert("days".into(), Value::Object(days));
     Ok(out)
 }
@@ -192,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn list_days_are_sorted_keyed_and_all_seven_days_present() {
+    fn list_days_are_sorted_keyed_and_only_the_days_sent_kept() {
         let out = normalize(&json!({
             "ver": 2, "name": "Week", "schedule_mode": "heat", "extra": 1,
             "days": {"2": [heat(64800, 18.5), {"type": "heat", "time": 25200, "temp": 21}]}
@@ -201,17 +203,15 @@ mod tests {
         assert_eq!(
             Value::Object(out.clone()),
             json!({"ver": 2, "name": "Week", "schedule_mode": "HEAT", "days": {
-                "0": {}, "1": {},
                 "2": {
                     "0": {"type": "HEAT", "time": 25200, "entry_type": "setpoint", "temp": 21.0},
                     "1": {"type": "HEAT", "time": 64800, "entry_type": "setpoint", "temp": 18.5}
-                },
-                "3": {}, "4": {}, "5": {}, "6": {}
+                }
             }})
         );
         // Key order and float temperatures on the wire.
         let text = serde_json::to_string(&out).unwrap();
-        assert!(text.starts_with(r#"{"ver":2,"name":"Week","schedule_mode":"HEAT","days":{"0":{},"1":{},"2":{"0":{"type":"HEAT","time":25200,"entry_type":"setpoint","temp":21.0}"#), "{text}");
+        assert!(text.starts_with(r#"{"ver":2,"name":"Week","schedule_mode":"HEAT","days":{"2":{"0":{"type":"HEAT","time":25200,"entry_type":"setpoint","temp":21.0}"#), "{text}");
     }
 
     #[test]
@@ -247,9 +247,9 @@ mod tests {
     }
 
     #[test]
-    fn empty_days_clear_every_day() {
+    fn a_cleared_schedule_stays_as_sent() {
         let out = normalize(&json!({"ver": 2, "schedule_mode": "HEAT", "days": {}})).unwrap();
-        assert_eq!(out["days"], json!({"0": {}, "1": {}, "2": {}, "3": {}, "4": {}, "5": {}, "6": {}}));
+        assert_eq!(out["days"], json!({}));
         let out = normalize(&json!({"ver": 2.0, "schedule_mode": "", "mode": "range", "days": {"3": []}})).unwrap();
         assert_eq!(out["schedule_mode"], json!("RANGE"));
         assert_eq!(out["days"]["3"], json!({}));

@@ -1,6 +1,7 @@
 //! `POST /command` end to end: each command's accepted values reach a running simulated
 //! thermostat, and each rejected value is a 400 with a message that changes nothing.
 
+use roost::sim::http::Request;
 use roost::sim::{Thermostat, ThermostatState};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -506,17 +507,8 @@ async fn set_eco_temperatures_reach_the_thermostat_clamped_and_ordered() {
 // ---------------------------------------------------------------------------------------------
 // set_schedule and set_schedule_mode
 
-fn all_days(days: Value) -> Value {
-    let mut out = serde_json::Map::new();
-    for d in 0..7 {
-        let key = d.to_string();
-        out.insert(key.clone(), days.get(&key).cloned().unwrap_or_else(|| json!({})));
-    }
-    Value::Object(out)
-}
-
 #[tokio::test]
-async fn set_schedule_reaches_the_thermostat_with_all_seven_days() {
+async fn set_schedule_reaches_the_thermostat_as_sent() {
     let r = Running::start().await;
     let sent = json!({
         "ver": 2, "name": "Week", "schedule_mode": "heat", "unknown_key": 1,
@@ -525,11 +517,11 @@ async fn set_schedule_reaches_the_thermostat_with_all_seven_days() {
             "4": {"0": {"type": "HEAT", "time": 28800, "temp": 20, "touched_by": 1}}
         }
     });
-    let expected = json!({"ver": 2, "name": "Week", "schedule_mode": "HEAT", "days": all_days(json!({
+    let expected = json!({"ver": 2, "name": "Week", "schedule_mode": "HEAT", "days": {
         "0": {"0": {"type": "HEAT", "time": 25200, "entry_type": "setpoint", "temp": 21.5},
               "1": {"type": "HEAT", "time": 79200, "entry_type": "setpoint", "temp": 18.0}},
         "4": {"0": {"type": "HEAT", "time": 28800, "entry_type": "setpoint", "temp": 20.0, "touched_by": 1}}
-    }))});
+    }});
     let resp = r.app.command(SERIAL, "set_schedule", sent).await;
     assert_eq!(resp.status(), 200, "{}", String::from_utf8_lossy(&resp.body));
     let body = resp.json().unwrap();
@@ -542,16 +534,19 @@ async fn set_schedule_reaches_the_thermostat_with_all_seven_days() {
         })
         .await;
     let days = s.buckets[&schedule()].value["days"].as_object().unwrap().keys().cloned().collect::<Vec<_>>();
-    assert_eq!(days, ["0", "1", "2", "3", "4", "5", "6"]);
+    assert_eq!(days, ["0", "4"], "the days sent, in day order");
     assert_eq!(r.status().await["schedule_mode"], "HEAT");
 
-    // `days: {}` clears every day.
+    // `days: {}` clears the schedule, and reads back as sent (Homebridge's Smart Schedule
+    // switch reads seven empty days as a schedule).
     let cleared = r.ok("set_schedule", json!({"ver": 2, "schedule_mode": "HEAT", "days": {}})).await;
-    assert_eq!(cleared, json!({"ver": 2, "name": "", "schedule_mode": "HEAT", "days": all_days(json!({}))}));
+    assert_eq!(cleared, json!({"ver": 2, "name": "", "schedule_mode": "HEAT", "days": {}}));
     r.see("an empty week", |s| {
-        s.buckets.get(&schedule()).is_some_and(|b| b.value["days"] == all_days(json!({})) && b.value["name"] == "")
+        s.buckets.get(&schedule()).is_some_and(|b| b.value["days"] == json!({}) && b.value["name"] == "")
     })
     .await;
+    let r2 = r.app.control.send(&Request::get(&format!("/api/schedule?serial={SERIAL}"))).await.unwrap();
+    assert_eq!(r2.json().unwrap()["schedule"]["days"], json!({}));
 
     // A schedule of another mode moves shared.schedule_mode with it.
     let range = json!({"ver": 2, "mode": "range",

@@ -12,6 +12,7 @@ mod mqtt;
 mod mqtt_support;
 mod pairing;
 mod persistence;
+mod presets;
 mod put;
 mod routes;
 mod setup;
