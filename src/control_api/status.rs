@@ -178,6 +178,8 @@ pub fn status_object(state: &AppState, serial: &str) -> Value {
         let asked = state.presets.asked(&structure_key);
         out.insert("away".into(), json!(crate::domain::preset::is_away(Some(device), structure, asked)));
         out.insert("schedule_mode".into(), shared.get("schedule_mode").cloned().unwrap_or(Value::Null));
+        // roost's own, after the reference's keys: home, away or eco, as Home Assistant shows it.
+        out.insert("preset".into(), json!(crate::domain::preset::current(Some(device), structure, asked).as_str()));
     }
     // Read at the top level by a real client (the Matterbridge plugin).
     for key in ["can_heat", "can_cool", "has_fan"] {

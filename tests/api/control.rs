@@ -14,7 +14,7 @@ const UNKNOWN: &str = "02AA01AC00000000";
 /// `SERIAL` as people type it: lower case, with dashes.
 const TYPED: &str = "02aa-01ac-1234-5678";
 
-const STATUS_KEYS: [&str; 38] = [
+const STATUS_KEYS: [&str; 39] = [
     "serial",
     "api_key",
     "is_available",
@@ -50,6 +50,7 @@ const STATUS_KEYS: [&str; 38] = [
     "structure_id",
     "away",
     "schedule_mode",
+    "preset",
     "can_heat",
     "can_cool",
     "has_fan",
@@ -117,7 +118,7 @@ async fn status_has_the_reference_keys_in_order_and_the_booted_values() {
         "safety_state": null, "safety_temp_activating_hvac": null, "learning_mode": null,
         "preconditioning_enabled": null, "backplate_temperature": null, "local_ip": null,
         "mac_address": "18b430aabbcc", "structure_id": null, "away": false, "schedule_mode": null,
-        "can_heat": true, "can_cool": true, "has_fan": true,
+        "preset": "home", "can_heat": true, "can_cool": true, "has_fan": true,
     });
     assert_eq!(status, expected);
     assert_eq!(
