@@ -204,16 +204,88 @@ async fn the_web_ui_shows_and_steers_thermostats_live() {
     assert_eq!(days["0"]["0"]["time"], json!(7 * 3600));
     assert_eq!(days["6"], json!({}));
 
-    // The history chart renders with recorded points.
+    // The history chart, drawn in the page from /api/history: the measured line, time of day
+    // along the bottom, and the value under the pointer.
     browser
         .wait_for(
-            "the chart",
-            &format!("const i = {}.querySelector('img.chart'); return i.complete && i.naturalWidth > 0", card(SERIAL)),
+            "the chart's line",
+            &format!("return !!{}.querySelector('svg.chart polyline.measured')", card(SERIAL)),
         )
         .await;
+    let labels = browser
+        .run(&format!("return [...{}.querySelectorAll('svg.chart text')].map(t => t.textContent)", card(SERIAL)))
+        .await;
+    assert!(
+        labels.as_array().unwrap().iter().any(|l| l.as_str().is_some_and(|l| l.len() == 5 && l.contains(':'))),
+        "time of day: {labels}"
+    );
+    browser
+        .run(&format!(
+            "const s = {}.querySelector('svg.chart'); const r = s.getBoundingClientRect();
+             s.dispatchEvent(new PointerEvent('pointermove', {{clientX: r.right - 1, clientY: r.top + 50, bubbles: true}}))",
+            card(SERIAL)
+        ))
+        .await;
+    // The chart is redrawn as history arrives; the pointer's readout follows it.
+    browser
+        .wait_for(
+            "the value under the pointer",
+            &format!(
+                "const t = {}.querySelector('svg.chart .readout'); return t && t.textContent.includes('23.5°C')",
+                card(SERIAL)
+            ),
+        )
+        .await;
+    // Runtime bars beside it: seven days, today's heating under way.
+    browser
+        .wait_for(
+            "seven days of runtime",
+            &format!("return {}.querySelectorAll('.runtime .day').length === 7", card(SERIAL)),
+        )
+        .await;
+    // The server-drawn chart stays available.
     let svg =
         app.control.send(&Request::get(&format!("/api/history/chart.svg?serial={SERIAL}&range=24h"))).await.unwrap();
     assert!(String::from_utf8_lossy(&svg.body).contains("<polyline"));
+
+    // Presets: eco from the page is manual eco on the thermostat, and reads back as eco.
+    browser
+        .run(&format!(
+            "const p = {}.querySelector('select.preset'); p.value = 'eco'; p.dispatchEvent(new Event('change'))",
+            card(SERIAL)
+        ))
+        .await;
+    t.wait_for(WAIT, "eco from the page", |s| {
+        s.buckets
+            .iter()
+            .any(|(k, b)| k.starts_with("structure.") && b.value.get("manual_eco_all") == Some(&json!(true)))
+    })
+    .await
+    .unwrap();
+    browser
+        .wait_for("eco shown", &format!("return {}.querySelector('select.preset').value === 'eco'", card(SERIAL)))
+        .await;
+
+    // Humidity and emergency heat controls only where the thermostat has them.
+    assert_eq!(browser.run(&format!("return {}.querySelector('.humidity-target').hidden", card(SERIAL))).await, true);
+    t2.set_local("device", json!({"has_humidifier": true, "has_emer_heat": true})).await.unwrap();
+    browser
+        .wait_for("the humidity control", &format!("return !{}.querySelector('.humidity-target').hidden", card(other)))
+        .await;
+    browser.run(&format!("{}.querySelector('.humidity-up').click()", card(other))).await;
+    t2.wait_for(WAIT, "the humidity target from the page", |s| {
+        let device = format!("device.{other}");
+        s.field(&device, "target_humidity") == Some(&json!(40))
+            && s.field(&device, "target_humidity_enabled") == Some(&json!(true))
+    })
+    .await
+    .unwrap();
+    browser.run(&format!("{}.querySelector('.emergency').click()", card(other))).await;
+    t2.wait_for(WAIT, "emergency heat from the page", |s| {
+        s.field(&format!("shared.{other}"), "target_temperature_type") == Some(&json!("emergency"))
+    })
+    .await
+    .unwrap();
     browser.screenshot("02-after-changes").await;
 
     // Pairing a new thermostat through the form.
@@ -245,9 +317,23 @@ async fn the_web_ui_shows_and_steers_thermostats_live() {
         browser.run("return document.documentElement.scrollWidth - document.documentElement.clientWidth").await;
     let widest = browser.run("return [...document.querySelectorAll('*')].filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1).map(e => e.tagName + '.' + e.className + ':' + Math.round(e.getBoundingClientRect().right)).slice(0, 8).join(' ')").await;
     assert_eq!(overflow, 0, "nothing wider than the phone's screen: {widest}");
+    // The chart's labels are text, not a few pixels of a shrunken picture.
+    let label_px = browser
+        .run(&format!("return parseFloat(getComputedStyle({}.querySelector('svg.chart text')).fontSize)", card(SERIAL)))
+        .await;
+    assert!(label_px.as_f64().is_some_and(|px| px >= 12.0), "chart labels at {label_px} px");
+    let scale = browser
+        .run(&format!(
+            "const s = {}.querySelector('svg.chart'); return s.getBoundingClientRect().width / s.viewBox.baseVal.width",
+            card(SERIAL)
+        ))
+        .await;
+    assert!(scale.as_f64().is_some_and(|k| (k - 1.0).abs() < 0.05), "the chart is not scaled down: {scale}");
     let background = browser.run("return getComputedStyle(document.body).backgroundColor").await;
     assert_eq!(background, "rgb(17, 21, 27)", "dark background in dark mode");
     browser.screenshot("05-phone-dark").await;
+    browser.run(&format!("{}.querySelector('svg.chart').scrollIntoView()", card(SERIAL))).await;
+    browser.screenshot("06-phone-chart").await;
 
     // Deleting a thermostat, confirmed (after it stopped talking: a running one comes back).
     stop_other.cancel();

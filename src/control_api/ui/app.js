@@ -106,9 +106,27 @@ async function command(card, name, value) {
 function createCard(serial) {
   const node = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
   node.dataset.serial = serial;
-  const card = { serial, node, status: null, range: "24h", pending: null, error: node.querySelector(".card-error") };
+  const card = { serial, node, status: null, range: "24h", pending: null, points: [], span: DAY, cursor: null, error: node.querySelector(".card-error") };
   node.querySelector(".mode").addEventListener("change", (e) => command(card, "set_mode", e.target.value));
-  node.querySelector(".eco").addEventListener("click", () => command(card, "set_away", !isAway(card.status)));
+  node.querySelector(".preset").addEventListener("change", (e) => command(card, "set_preset", e.target.value));
+  node.querySelector(".emergency").addEventListener("click", () =>
+    command(card, "set_mode", card.status && card.status.mode === "emergency" ? "heat" : "emergency"));
+  const humidity = (delta) => {
+    const s = card.status || {};
+    const current = Number.isFinite(Number(s.target_humidity)) && s.target_humidity !== null ? Number(s.target_humidity) : 35;
+    const next = Math.min(60, Math.max(10, current + delta));
+    // The firmware applies a target only while humidity control is on: the enable goes first.
+    command(card, "set_device_setting", { target_humidity_enabled: true, target_humidity: next });
+  };
+  node.querySelector(".humidity-down").addEventListener("click", () => humidity(-5));
+  node.querySelector(".humidity-up").addEventListener("click", () => humidity(5));
+  node.querySelector(".humidity-toggle").addEventListener("click", () =>
+    command(card, "set_device_setting", { target_humidity_enabled: !(card.status && card.status.target_humidity_enabled) }));
+  const chart = node.querySelector(".chart");
+  const readout = (e) => showReadout(card, e.clientX);
+  chart.addEventListener("pointermove", readout);
+  chart.addEventListener("pointerdown", readout);
+  chart.addEventListener("pointerleave", () => { card.cursor = null; renderChart(card); });
   node.querySelectorAll("[data-fan]").forEach((b) => b.addEventListener("click", () => {
     const v = b.dataset.fan;
     command(card, "set_fan", /^\d+$/.test(v) ? Number(v) : v);
@@ -150,8 +168,6 @@ function showEmpty() {
     list.appendChild(p);
   }
 }
-
-function isAway(s) { return !!s && (s.away === true || s.eco_mode === "manual-eco"); }
 
 function setpointControl(card, label, field, value, scale) {
   const wrap = document.createElement("div");
@@ -215,9 +231,16 @@ function render(card) {
   select.replaceChildren(...modes.map(([v, label]) => new Option(label, v)));
   select.value = s.mode === "range" ? "heat-cool" : (s.mode || "off");
 
-  const eco = n.querySelector(".eco");
-  eco.textContent = isAway(s) ? "Eco: on" : "Eco: off";
-  eco.setAttribute("aria-pressed", isAway(s) ? "true" : "false");
+  n.querySelector(".preset").value = s.preset || (s.away ? "away" : "home");
+  const emergency = n.querySelector(".emergency");
+  emergency.hidden = !caps.has_emer_heat;
+  emergency.setAttribute("aria-pressed", s.mode === "emergency" ? "true" : "false");
+  const humidityRow = n.querySelector(".humidity-target");
+  humidityRow.hidden = !caps.has_humidifier;
+  n.querySelector(".humidity-value").value = s.target_humidity_enabled && s.target_humidity !== null && s.target_humidity !== undefined
+    ? s.target_humidity + " %" : "off";
+  const toggle = n.querySelector(".humidity-toggle");
+  toggle.textContent = s.target_humidity_enabled ? "Turn off" : "Turn on";
 
   if (!card.pending) {
     const box = n.querySelector(".setpoints");
@@ -233,9 +256,182 @@ function render(card) {
   n.querySelector(".seen").textContent = "last contact " + ago(s.last_seen);
 }
 
-function drawChart(card) {
-  const img = card.node.querySelector(".chart");
-  img.src = withToken("/api/history/chart.svg?serial=" + encodeURIComponent(card.serial) + "&range=" + card.range + "&t=" + Date.now());
+const SVG = "http://www.w3.org/2000/svg";
+const HOUR = 3600000;
+const DAY = 24 * HOUR;
+
+function svgEl(parent, name, attrs, text) {
+  const e = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  if (text !== undefined) e.textContent = text;
+  parent.appendChild(e);
+  return e;
+}
+
+function hhmm(t) {
+  const d = new Date(t);
+  return String(d.getHours()).padStart(2, "0") + ":" + String(d.getMinutes()).padStart(2, "0");
+}
+
+function weekday(t) { return new Date(t).toLocaleDateString(undefined, { weekday: "short" }); }
+
+// The chart and the runtime bars, from the JSON routes; drawn here so that text stays at text
+// size on any screen and the value under the finger or pointer can be shown.
+async function drawChart(card) {
+  const serial = encodeURIComponent(card.serial);
+  const tz = -new Date().getTimezoneOffset();
+  try {
+    const [history, runtime] = await Promise.all([
+      api("/api/history?serial=" + serial + "&since=" + card.range),
+      api("/api/runtime?serial=" + serial + "&days=7&tz=" + tz),
+    ]);
+    card.points = history.points || [];
+    card.span = card.range === "7d" ? 7 * DAY : DAY;
+    renderChart(card);
+    renderRuntime(card, runtime.days || []);
+  } catch (err) {
+    card.error.textContent = err.message;
+    card.error.hidden = false;
+  }
+}
+
+function chartGeometry(card) {
+  const svg = card.node.querySelector(".chart");
+  const width = Math.max(200, Math.round(svg.getBoundingClientRect().width || 320));
+  const height = Math.max(160, Math.round(svg.getBoundingClientRect().height || 220));
+  const now = Date.now();
+  const g = { svg, width, height, left: 44, right: 10, top: 10, bottom: 26, to: now, from: now - (card.span || DAY) };
+  g.plotWidth = width - g.left - g.right;
+  g.x = (t) => g.left + (t - g.from) / (g.to - g.from) * g.plotWidth;
+  return g;
+}
+
+function renderChart(card) {
+  const g = chartGeometry(card);
+  const { svg, width, height } = g;
+  const scale = (card.status && card.status.temperature_scale) || "C";
+  // One SVG unit is one CSS pixel, so labels render at the page's text size.
+  svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+  svg.replaceChildren();
+  const points = (card.points || []).filter((p) => p.at <= g.to);
+  const values = [];
+  for (const p of points) {
+    for (const k of ["current_temperature", "target_temperature", "target_temperature_low", "target_temperature_high"]) {
+      if (p[k] !== null && p[k] !== undefined) values.push(toShown(p[k], scale));
+    }
+  }
+  if (values.length === 0) {
+    svgEl(svg, "text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, "No history yet");
+    return;
+  }
+  let min = Math.floor(Math.min(...values) - 0.5);
+  let max = Math.ceil(Math.max(...values) + 0.5);
+  if (max - min < 4) { min -= 1; max += 1; }
+  const y = (v) => g.top + (max - v) / (max - min) * (height - g.top - g.bottom);
+  g.y = y;
+  const end = (i) => (i + 1 < points.length ? points[i + 1].at : g.to);
+  // Heating and cooling as bands behind the lines.
+  points.forEach((p, i) => {
+    const x0 = Math.max(g.left, g.x(p.at));
+    const x1 = g.x(end(i));
+    if (x1 <= x0) return;
+    if (p.heating) svgEl(svg, "rect", { class: "heating", x: x0, y: g.top, width: x1 - x0, height: height - g.top - g.bottom });
+    if (p.cooling) svgEl(svg, "rect", { class: "cooling", x: x0, y: g.top, width: x1 - x0, height: height - g.top - g.bottom });
+  });
+  // Temperature grid and labels.
+  const step = [0.5, 1, 2, 5, 10].find((s) => (max - min) / s <= 5) || 10;
+  for (let v = Math.ceil(min / step) * step; v <= max; v += step) {
+    svgEl(svg, "line", { class: "grid", x1: g.left, x2: width - g.right, y1: y(v), y2: y(v) });
+    svgEl(svg, "text", { x: g.left - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(step < 1 ? 1 : 0) + "°");
+  }
+  // Time of day (24 h) or days (7 days) along the bottom.
+  const ticks = [];
+  if (card.span === DAY) {
+    const every = width < 420 ? 6 : 3;
+    const first = new Date(g.from);
+    first.setMinutes(0, 0, 0);
+    for (let t = first.getTime() + HOUR; t <= g.to; t += HOUR) {
+      if (new Date(t).getHours() % every === 0) ticks.push([t, hhmm(t)]);
+    }
+  } else {
+    const first = new Date(g.from);
+    first.setHours(24, 0, 0, 0);
+    for (let t = first.getTime(); t <= g.to; t += DAY) ticks.push([t, weekday(t)]);
+  }
+  for (const [t, label] of ticks) {
+    svgEl(svg, "line", { class: "grid", x1: g.x(t), x2: g.x(t), y1: g.top, y2: height - g.bottom });
+    svgEl(svg, "text", { x: g.x(t), y: height - 8, "text-anchor": "middle" }, label);
+  }
+  // Setpoints as steps, the measured temperature as a line.
+  for (const key of ["target_temperature", "target_temperature_low", "target_temperature_high"]) {
+    let d = "";
+    points.forEach((p, i) => {
+      const used = key === "target_temperature" ? ["heat", "cool", "emergency"].includes(p.mode) : p.mode === "range";
+      if (!used || p[key] === null || p[key] === undefined) return;
+      const v = y(toShown(p[key], scale));
+      d += "M" + Math.max(g.left, g.x(p.at)).toFixed(1) + " " + v.toFixed(1) + "H" + g.x(end(i)).toFixed(1);
+    });
+    if (d) svgEl(svg, "path", { class: "setpoint", d });
+  }
+  const line = points.filter((p) => p.current_temperature !== null && p.current_temperature !== undefined)
+    .map((p) => Math.max(g.left, g.x(p.at)).toFixed(1) + "," + y(toShown(p.current_temperature, scale)).toFixed(1));
+  const last = points.filter((p) => p.current_temperature !== null && p.current_temperature !== undefined).pop();
+  if (last) line.push(g.x(g.to).toFixed(1) + "," + y(toShown(last.current_temperature, scale)).toFixed(1));
+  if (line.length) svgEl(svg, "polyline", { class: "measured", points: line.join(" ") });
+  if (card.cursor !== null && card.cursor !== undefined) drawReadout(card, g, points, scale);
+}
+
+function showReadout(card, clientX) {
+  const svg = card.node.querySelector(".chart");
+  const box = svg.getBoundingClientRect();
+  card.cursor = clientX - box.left;
+  renderChart(card);
+}
+
+function drawReadout(card, g, points, scale) {
+  const x = Math.min(g.width - g.right, Math.max(g.left, card.cursor));
+  const t = g.from + (x - g.left) / g.plotWidth * (g.to - g.from);
+  const p = [...points].reverse().find((q) => q.at <= t);
+  if (!p) return;
+  svgEl(g.svg, "line", { class: "cursor", x1: x, x2: x, y1: g.top, y2: g.height - g.bottom });
+  const parts = [(card.span === DAY ? "" : weekday(t) + " ") + hhmm(t)];
+  if (p.current_temperature !== null && p.current_temperature !== undefined) parts.push(fmt(p.current_temperature, scale));
+  if (p.mode === "range" && p.target_temperature_low !== null) {
+    parts.push("set " + fmt(p.target_temperature_low, scale) + "–" + fmt(p.target_temperature_high, scale));
+  } else if (["heat", "cool", "emergency"].includes(p.mode) && p.target_temperature !== null) {
+    parts.push("set " + fmt(p.target_temperature, scale));
+  }
+  if (p.heating) parts.push("heating");
+  if (p.cooling) parts.push("cooling");
+  const right = x > g.left + g.plotWidth / 2;
+  svgEl(g.svg, "text", { class: "readout", x: right ? x - 6 : x + 6, y: g.top + 14, "text-anchor": right ? "end" : "start" }, parts.join(" · "));
+}
+
+function hours(seconds) { return (seconds / 3600).toFixed(seconds < 36000 ? 1 : 0) + " h"; }
+
+function renderRuntime(card, days) {
+  const box = card.node.querySelector(".runtime");
+  box.replaceChildren();
+  for (const day of days) {
+    const row = document.createElement("div");
+    row.className = "day";
+    const label = document.createElement("span");
+    label.textContent = weekday(Date.parse(day.date + "T12:00:00"));
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    for (const stage of ["heat", "cool", "fan", "aux"]) {
+      const part = document.createElement("span");
+      part.className = stage;
+      part.style.width = Math.min(100, day[stage] / 864) + "%";
+      bar.appendChild(part);
+    }
+    const total = document.createElement("span");
+    total.className = "muted";
+    total.textContent = hours(day.heat + day.cool);
+    row.title = day.date + ": heat " + hours(day.heat) + ", cool " + hours(day.cool) + ", fan " + hours(day.fan) + ", aux " + hours(day.aux);
+    row.append(label, bar, total);
+    box.appendChild(row);
+  }
 }
 
 async function refresh(serial) {
@@ -377,5 +573,6 @@ async function start() {
   }
 }
 
+window.addEventListener("resize", () => cards.forEach((card) => renderChart(card)));
 setInterval(() => cards.forEach((card) => { if (card.status) card.node.querySelector(".seen").textContent = "last contact " + ago(card.status.last_seen); }), 15000);
 start();
