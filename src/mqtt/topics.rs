@@ -265,10 +265,16 @@ pub fn ha_state(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, S
         put("humidifier_action", action.into());
     }
     if let Some(r) = view.runtime {
-        for (name, seconds) in
-            [("runtime_heat", r.heat), ("runtime_cool", r.cool), ("runtime_fan", r.fan), ("runtime_aux", r.aux)]
-        {
-            put(name, (seconds / 60).to_string());
+        // The stages this thermostat has, as its entities.
+        for (name, seconds, has) in [
+            ("runtime_heat", r.heat, true),
+            ("runtime_cool", r.cool, view.can_cool()),
+            ("runtime_fan", r.fan, view.has_fan()),
+            ("runtime_aux", r.aux, view.has_aux_heat()),
+        ] {
+            if has {
+                put(name, (seconds / 60).to_string());
+            }
         }
     }
     if let Some(t) = view
@@ -815,7 +821,7 @@ mod tests {
     #[test]
     fn ha_state_of_presets_humidity_and_runtime() {
         let device = f(
-            json!({"has_humidifier": true, "target_humidity_enabled": true, "target_humidity": 35, "humidifier_state": true}),
+            json!({"has_humidifier": true, "has_fan": true, "has_emer_heat": true, "target_humidity_enabled": true, "target_humidity": 35, "humidifier_state": true}),
         );
         let shared = f(json!({"target_temperature_type": "emergency", "target_temperature": 20.0}));
         let structure = f(json!({"manual_eco_all": true, "manual_eco_timestamp": 10}));

@@ -154,6 +154,7 @@ async fn discovery_and_state_topics(broker: Broker) {
         ("emergency_heat", "OFF"),
         ("runtime_heat", "0"),
         ("runtime_cool", "0"),
+        ("runtime_fan", "0"),
     ];
     let log = rec
         .wait_for("discovery and first state", |l| {
