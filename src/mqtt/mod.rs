@@ -330,7 +330,12 @@ async fn run_commands(state: web::Data<AppState>, prefix: String, mut rx: mpsc::
             },
             None => rx.recv().await,
         };
-        let Some((topic, payload)) = message else { break };
+        let Some((topic, payload)) = message else {
+            if let Some((topic, payload, serial, value)) = held.take() {
+                run_command(&state, &topic, &payload, Ok((serial, "set_temperature", value))).await;
+            }
+            break;
+        };
         update(&state.mqtt, |s| s.commands += 1);
         let parsed = commands::parse(&prefix, &topic, &payload);
         let bound = parsed.as_ref().ok().and_then(|(_, name, value)| commands::lone_bound(name, value));
