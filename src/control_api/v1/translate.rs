@@ -88,9 +88,9 @@ pub fn away(body: &Map<String, Value>) -> Result<Command, String> {
     command("set_away", json!(boolean(body, "away")?))
 }
 
-/// `{"enabled": bool}`: eco is what roost's `set_away` drives.
+/// `{"enabled": bool}`: the eco preset (the same manual eco as away, remembered as eco).
 pub fn eco(body: &Map<String, Value>) -> Result<Command, String> {
-    command("set_away", json!(boolean(body, "enabled")?))
+    command("set_preset", json!(if boolean(body, "enabled")? { "eco" } else { "home" }))
 }
 
 /// `{"mode": "on" | "auto" | "off", "duration"?}`, `{"duration": seconds}` or `{"enabled": bool}`.
@@ -190,7 +190,8 @@ mod tests {
         assert!(mode(&body(json!({"mode": 1}))).is_err());
         assert_eq!(ok(away, json!({"away": true})), ("set_away", json!(true)));
         assert_eq!(away(&body(json!({"away": "yes"}))).unwrap_err(), "away must be true or false");
-        assert_eq!(ok(eco, json!({"enabled": false})), ("set_away", json!(false)));
+        assert_eq!(ok(eco, json!({"enabled": false})), ("set_preset", json!("home")));
+        assert_eq!(ok(eco, json!({"enabled": true})), ("set_preset", json!("eco")));
     }
 
     #[test]
