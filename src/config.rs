@@ -145,7 +145,8 @@ pub struct Config {
     #[arg(long, env = "SSE_KEEPALIVE_SECONDS", value_name = "SSE_KEEPALIVE_SECONDS", default_value_t = 15.0)]
     pub sse_keepalive_seconds: f64,
 
-    #[arg(long, env = "SSE_MAX_CLIENTS", value_name = "SSE_MAX_CLIENTS", default_value_t = 1000)]
+    #[arg(long, env = "SSE_MAX_CLIENTS", value_name = "SSE_MAX_CLIENTS", default_value_t = 1000,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=1_000_000))]
     pub sse_max_clients: usize,
 
     /// A thermostat not heard from for this long (and holding no subscribe) is offline.
@@ -174,6 +175,8 @@ pub struct Config {
     /// `V3_DIALECT`.
     #[arg(long, env = "V3_DIALECT_OVERRIDES", value_name = "V3_DIALECT_OVERRIDES", default_value = "")]
     pub v3_dialect_overrides: Overrides,
+    #[command(flatten)]
+    pub limits: crate::limits::Limits,
 }
 
 /// Booleans as the reference accepts them.
@@ -221,18 +224,10 @@ impl Config {
         origin_parts(&self.api_origin).map_err(|message| ConfigError { name: "API_ORIGIN", message })?;
         origin_parts(&self.weather_upstream_url)
             .map_err(|message| ConfigError { name: "WEATHER_UPSTREAM_URL", message })?;
-        if !self.sse_keepalive_seconds.is_finite() || self.sse_keepalive_seconds <= 0.0 {
-            return Err(ConfigError {
-                name: "SSE_KEEPALIVE_SECONDS",
-                message: "must be a positive number of seconds".into(),
-            });
-        }
-        if !self.availability_timeout_seconds.is_finite() || self.availability_timeout_seconds <= 0.0 {
-            return Err(ConfigError {
-                name: "AVAILABILITY_TIMEOUT_SECONDS",
-                message: "must be a positive number of seconds".into(),
-            });
-        }
+        within("SSE_KEEPALIVE_SECONDS", self.sse_keepalive_seconds, 3600.0, "seconds")?;
+        within("AVAILABILITY_TIMEOUT_SECONDS", self.availability_timeout_seconds, 30.0 * 86_400.0, "seconds")?;
+        within("HISTORY_DAYS", self.history_days, 36_500.0, "days")?;
+        within("WEATHER_CACHE_TTL_MS", self.weather_cache_ttl_ms as f64, 30.0 * 86_400_000.0, "milliseconds")?;
         if let Some(host) = self.mqtt_host.as_deref().filter(|h| !h.trim().is_empty()) {
             if !crate::mqtt::is_broker_address(host) {
                 return Err(ConfigError {
@@ -252,9 +247,6 @@ impl Config {
             }
         }
         self.trusted_networks()?;
-        if !self.history_days.is_finite() || self.history_days <= 0.0 {
-            return Err(ConfigError { name: "HISTORY_DAYS", message: "must be a positive number of days".into() });
-        }
         if self.entry_key_ttl_seconds < MIN_ENTRY_KEY_TTL_SECONDS {
             warnings.push(format!(
                 "ENTRY_KEY_TTL_SECONDS={} is below {MIN_ENTRY_KEY_TTL_SECONDS}: thermostats reject codes that expire within 30 minutes, so every poll gets a fresh code",
@@ -301,6 +293,15 @@ impl Config {
     pub fn cors_origin_list(&self) -> Vec<String> {
         split_list(self.cors_origins.as_deref())
     }
+}
+
+/// A number of `unit` above zero and at most `max`: anything larger would overflow a timer
+/// later (an `Instant` plus a huge `Duration` panics).
+fn within(name: &'static str, value: f64, max: f64, unit: &str) -> Result<(), ConfigError> {
+    if value.is_finite() && value > 0.0 && value <= max {
+        return Ok(());
+    }
+    Err(ConfigError { name, message: format!("must be a positive number of {unit}, at most {max}, got {value}") })
 }
 
 fn split_list(raw: Option<&str>) -> Vec<String> {
@@ -413,6 +414,24 @@ mod tests {
         assert!(err.contains("V3_DIALECT"), "{err}");
         let err = parse(&["--v3-dialect-overrides", "SIM0000000000001=4.0"]).err().unwrap().to_string();
         assert!(err.contains("V3_DIALECT_OVERRIDES") && err.contains("SERIAL:4.3"), "{err}");
+    }
+
+    #[test]
+    fn settings_that_would_overflow_a_timer_are_refused() {
+        for (flag, name) in [
+            ("--sse-keepalive-seconds=1e19", "SSE_KEEPALIVE_SECONDS"),
+            ("--sse-keepalive-seconds=0", "SSE_KEEPALIVE_SECONDS"),
+            ("--availability-timeout-seconds=1e300", "AVAILABILITY_TIMEOUT_SECONDS"),
+            ("--history-days=NaN", "HISTORY_DAYS"),
+            ("--weather-cache-ttl-ms=18446744073709551615", "WEATHER_CACHE_TTL_MS"),
+        ] {
+            let c = parse(&[flag]).unwrap();
+            assert_eq!(c.validate().unwrap_err().name, name, "{flag}");
+        }
+        let err = parse(&["--max-devices=0"]).err().unwrap().to_string();
+        assert!(err.contains("MAX_DEVICES"), "{err}");
+        let err = parse(&["--sse-max-clients=99999999999"]).err().unwrap().to_string();
+        assert!(err.contains("SSE_MAX_CLIENTS"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod history;
 pub mod http_client;
 pub mod hub;
 pub mod keys_cli;
+pub mod limits;
 pub mod mqtt;
 pub mod runtime;
 pub mod server;

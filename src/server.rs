@@ -66,7 +66,8 @@ impl Application {
         };
         let (pool, writer) = state::db::open(&config.sqlite3_db_path).await?;
         let hub = hub::Hub::new(config.max_subscriptions_per_device as usize);
-        let store = Arc::new(Store::load(pool.clone(), writer, hub).await?);
+        let bounds = crate::state::bounds::Bounds::from_limits(&config.limits);
+        let store = Arc::new(Store::load(pool.clone(), writer, hub).await?.with_bounds(bounds));
         let presets = Arc::new(crate::state::presets::Presets::load(pool.clone()).await?);
         let pairing = Arc::new(Pairing::load(pool.clone()).await?);
         let firmware = Arc::new(Firmware::load(pool, config.v3_dialect, config.v3_dialect_overrides.clone()).await?);

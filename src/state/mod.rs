@@ -1,6 +1,7 @@
 //! Durable state: SQLite, the in-memory copy of every bucket, and the one write path.
 
 pub mod availability;
+pub mod bounds;
 pub mod db;
 pub mod firmware;
 pub mod keys;

@@ -10,6 +10,7 @@ use serde_json::Value;
 use sqlx::SqlitePool;
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 
+use super::bounds::{Bounds, Usage};
 use super::db;
 use super::writer::{self, Commit, DbOp};
 use crate::domain::bucket::{Bucket, Fields, merged};
@@ -87,14 +88,9 @@ pub enum Outcome {
     Unchanged,
     /// `if_object_revision` did not match; nothing written.
     Conflict,
-    /// Over a size limit (buckets per device, fields per bucket); nothing written.
+    /// Over a bound of [`Bounds`] (buckets, fields or bytes); nothing written.
     Refused,
 }
-
-/// Limits far above what a thermostat stores (about 30 buckets, about 250 fields in the largest),
-/// so made-up data cannot grow a device without end.
-pub const MAX_BUCKETS_PER_DEVICE: usize = 256;
-pub const MAX_FIELDS_PER_BUCKET: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Written {
@@ -151,6 +147,8 @@ struct Slot {
     /// Serialises writes of one serial; owned guards let the commit tail outlive a dropped caller.
     write: Arc<Mutex<()>>,
     buckets: RwLock<Buckets>,
+    /// Sizes of `buckets`, replaced together with them.
+    usage: std::sync::Mutex<Usage>,
 }
 
 pub struct Store {
@@ -158,6 +156,7 @@ pub struct Store {
     writer: mpsc::Sender<Commit>,
     pool: SqlitePool,
     hub: Arc<Hub>,
+    bounds: Bounds,
 }
 
 impl Store {
@@ -187,11 +186,22 @@ impl Store {
                 b.insert(key, Arc::new(Bucket { revision, timestamp, value, updated_at, unconfirmed: false }));
             }
         }
+        for slot in slots.values() {
+            if let (Ok(buckets), Ok(mut usage)) = (slot.buckets.read(), slot.usage.lock()) {
+                *usage = Usage::measure(buckets.values().map(|b| &**b));
+            }
+        }
         let last_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM roost_changes").fetch_one(&pool).await?;
         let next_id = last_id.unwrap_or(0) + 1;
         hub.start_ids_at(next_id);
         let writer = writer::spawn(writer_conn, next_id, 4096);
-        Ok(Self { slots: RwLock::new(slots), writer, pool, hub })
+        Ok(Self { slots: RwLock::new(slots), writer, pool, hub, bounds: Bounds::default() })
+    }
+
+    /// The bounds every write is checked against (the defaults until set).
+    pub fn with_bounds(mut self, bounds: Bounds) -> Self {
+        self.bounds = bounds;
+        self
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -293,6 +303,7 @@ impl Store {
         let guard = slot.write.clone().lock_owned().await;
         let current = slot.buckets.read().map(|b| b.clone()).unwrap_or_default();
         let ops = plan(&current).map_err(UpdateError::Plan)?;
+        let mut usage = slot.usage.lock().map(|u| u.clone()).unwrap_or_default();
 
         let now = now_ms();
         let mut next = current.clone();
@@ -301,17 +312,13 @@ impl Store {
         for op in ops {
             let key = op.key().to_string();
             let existing = next.get(&key).cloned();
-            let (outcome, bucket) = if existing.is_none() && next.len() >= MAX_BUCKETS_PER_DEVICE {
-                (Outcome::Refused, None)
-            } else {
-                match compute(op, existing.as_deref(), now, force, origin) {
-                    (Outcome::Changed, Some(b)) if b.value.len() > MAX_FIELDS_PER_BUCKET => (Outcome::Refused, None),
-                    other => other,
+            let (outcome, bucket) = match compute(op, existing.as_deref(), now, force, origin) {
+                (Outcome::Changed, Some(b)) if !usage.admit(&self.bounds, next.get_index_of(&key), &b) => {
+                    tracing::warn!(%serial, object_key = %key, "bucket write refused: over the size limits");
+                    (Outcome::Refused, None)
                 }
+                other => other,
             };
-            if outcome == Outcome::Refused {
-                tracing::warn!(%serial, object_key = %key, "bucket write refused: over the size limits");
-            }
             let bucket = match (outcome, bucket) {
                 (Outcome::Changed, Some(b)) => {
                     let b = Arc::new(b);
@@ -335,7 +342,7 @@ impl Store {
             buckets.iter().map(|(key, bucket)| DbOp::Upsert { key: key.clone(), bucket: bucket.clone() }).collect();
         let event = event(&written);
         let change = Change { id: 0, serial: serial.to_string(), origin, buckets, deleted: false, event, at_ms: now };
-        let change = self.finish(Some((slot, guard, next)), change, ops).await.map_err(UpdateError::Store)?;
+        let change = self.finish(Some((slot, guard, next, usage)), change, ops).await.map_err(UpdateError::Store)?;
         Ok(Applied { written, change: Some(change) })
     }
 
@@ -344,7 +351,7 @@ impl Store {
     /// SQLite and memory disagreeing. The serial's write lock is held until the end.
     async fn finish(
         &self,
-        install: Option<(Arc<Slot>, OwnedMutexGuard<()>, Buckets)>,
+        install: Option<(Arc<Slot>, OwnedMutexGuard<()>, Buckets, Usage)>,
         mut change: Change,
         ops: Vec<DbOp>,
     ) -> Result<Arc<Change>, StoreError> {
@@ -353,9 +360,12 @@ impl Store {
         let task = tokio::spawn(async move {
             let id = commit(&writer, &change.serial, change.origin, ops, change.event.as_ref()).await?;
             change.id = id;
-            if let Some((slot, _guard, next)) = install {
+            if let Some((slot, _guard, next, usage)) = install {
                 if let Ok(mut b) = slot.buckets.write() {
                     *b = next;
+                }
+                if let Ok(mut u) = slot.usage.lock() {
+                    *u = usage;
                 }
             }
             let change = Arc::new(change);
@@ -431,7 +441,7 @@ impl Store {
             event: Some(event),
             at_ms: now_ms(),
         };
-        self.finish(Some((slot, guard, Buckets::new())), change, vec![DbOp::DeleteSerial]).await?;
+        self.finish(Some((slot, guard, Buckets::new(), Usage::default())), change, vec![DbOp::DeleteSerial]).await?;
         Ok(count)
     }
 }

@@ -120,7 +120,7 @@ async fn made_up_data_cannot_grow_a_device_without_end() {
         .collect();
     let r = put(&app.device, SERIAL, json!({"objects": objects})).await;
     let stored = r["objects"].as_array().unwrap().iter().filter(|o| o["object_revision"] == 1).count();
-    assert_eq!(stored, roost::state::store::MAX_BUCKETS_PER_DEVICE, "buckets past the limit are refused");
+    assert_eq!(stored, roost::state::bounds::Bounds::default().buckets, "buckets past the limit are refused");
     assert_eq!(r["objects"][299], json!({"object_revision": 0, "object_timestamp": 0, "object_key": "where.0299"}));
 
     let huge: serde_json::Map<String, Value> = (0..5000).map(|i| (format!("f{i}"), json!(i))).collect();

@@ -16,6 +16,7 @@ mod presets;
 mod put;
 mod routes;
 mod setup;
+mod security;
 mod subscribe;
 mod tls;
 mod v1;
