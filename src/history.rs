@@ -2,6 +2,7 @@
 //! thermostat's device and shared buckets, kept `HISTORY_DAYS`, pruned hourly.
 
 use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,10 @@ use crate::state::{Change, Store};
 pub const MAX_POINTS: i64 = 20_000;
 /// Journal rows kept for event-stream replay.
 const JOURNAL_KEEP: i64 = 100_000;
+/// Readings a thermostat can physically report or be set to; anything else stays on the bucket
+/// as sent but is not charted (a chart scaled to ±1.7e308 cannot be drawn).
+pub const TEMPERATURES_C: RangeInclusive<f64> = -50.0..=80.0;
+pub const HUMIDITY_PERCENT: RangeInclusive<f64> = 0.0..=100.0;
 
 /// One sample: what the chart draws.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
@@ -37,8 +42,26 @@ pub struct Point {
     pub aux: bool,
 }
 
-fn num(v: Option<&Value>) -> Option<f64> {
-    v.and_then(Value::as_f64).filter(|f| f.is_finite())
+fn temperature(v: Option<&Value>) -> Option<f64> {
+    within(v.and_then(Value::as_f64), &TEMPERATURES_C)
+}
+
+fn within(v: Option<f64>, range: &RangeInclusive<f64>) -> Option<f64> {
+    v.filter(|v| range.contains(v))
+}
+
+impl Point {
+    /// The point with every reading outside [`TEMPERATURES_C`] / [`HUMIDITY_PERCENT`] left out.
+    pub fn plausible(self) -> Self {
+        Self {
+            current_temperature: within(self.current_temperature, &TEMPERATURES_C),
+            target_temperature: within(self.target_temperature, &TEMPERATURES_C),
+            target_temperature_low: within(self.target_temperature_low, &TEMPERATURES_C),
+            target_temperature_high: within(self.target_temperature_high, &TEMPERATURES_C),
+            humidity: within(self.humidity, &HUMIDITY_PERCENT),
+            ..self
+        }
+    }
 }
 
 fn on(v: Option<&Value>) -> bool {
@@ -54,11 +77,11 @@ pub fn sample(at: i64, device: Option<&Fields>, shared: Option<&Fields>) -> Poin
     let any = |keys: &[&str]| keys.iter().any(|k| on(s(k)));
     Point {
         at,
-        current_temperature: num(s("current_temperature")).or_else(|| num(d("current_temperature"))),
-        target_temperature: num(s("target_temperature")).or_else(|| num(d("target_temperature"))),
-        target_temperature_low: num(s("target_temperature_low")),
-        target_temperature_high: num(s("target_temperature_high")),
-        humidity: num(d("current_humidity")),
+        current_temperature: temperature(s("current_temperature")).or_else(|| temperature(d("current_temperature"))),
+        target_temperature: temperature(s("target_temperature")).or_else(|| temperature(d("target_temperature"))),
+        target_temperature_low: temperature(s("target_temperature_low")),
+        target_temperature_high: temperature(s("target_temperature_high")),
+        humidity: within(d("current_humidity").and_then(Value::as_f64), &HUMIDITY_PERCENT),
         mode,
         heating: any(&[
             "hvac_heater_state",
@@ -169,9 +192,10 @@ pub async fn prune(pool: &SqlitePool, days: f64) -> Result<u64, sqlx::Error> {
     Ok(history)
 }
 
-/// Points of a serial since `since` (ms), oldest first.
+/// Points of a serial since `since` (ms), oldest first; readings recorded before they were
+/// checked are checked here.
 pub async fn points(pool: &SqlitePool, serial: &str, since: i64) -> Result<Vec<Point>, sqlx::Error> {
-    sqlx::query_as(
+    let rows: Vec<Point> = sqlx::query_as(
         "SELECT at_ms AS at, current_temperature, target_temperature, target_temperature_low, target_temperature_high,
          humidity, mode, heating, cooling, fan, aux FROM roost_history WHERE serial = ? AND at_ms >= ? ORDER BY at_ms LIMIT ?",
     )
@@ -179,7 +203,8 @@ pub async fn points(pool: &SqlitePool, serial: &str, since: i64) -> Result<Vec<P
     .bind(since)
     .bind(MAX_POINTS)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(Point::plausible).collect())
 }
 
 /// The last point of a serial before `at` (ms): what held when a time window starts.
@@ -211,5 +236,18 @@ mod tests {
         assert_eq!(p.humidity, Some(40.0));
         assert!(p.heating && !p.cooling);
         assert!(same_reading(&p, &sample(9, Some(&device), Some(&shared))));
+    }
+
+    #[test]
+    fn readings_outside_physical_bounds_are_not_charted() {
+        let shared =
+            json!({"current_temperature": 1.7e308, "target_temperature": -1.7e308, "target_temperature_low": 10.0})
+                .as_object()
+                .cloned()
+                .unwrap();
+        let device = json!({"current_humidity": 140}).as_object().cloned().unwrap();
+        let p = sample(5, Some(&device), Some(&shared));
+        assert_eq!((p.current_temperature, p.target_temperature, p.humidity), (None, None, None));
+        assert_eq!(p.target_temperature_low, Some(10.0));
     }
 }

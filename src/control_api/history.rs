@@ -1,18 +1,27 @@
 //! `GET /api/history` (JSON) and `GET /api/history/chart.svg` (the chart the web UI shows,
 //! drawn on the server with plotters).
 
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use plotters::prelude::*;
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use super::status::parse_serial;
 use crate::AppState;
 use crate::device_api::query_param;
 use crate::domain::time::now_ms;
 use crate::error::ApiError;
-use crate::history::{Point, points};
+use crate::history::{Point, TEMPERATURES_C, points};
 
 const DAY_MS: i64 = 86_400_000;
+/// Longest a chart may take, waiting for its turn included. Drawing runs off the request
+/// workers, so even a chart that overran would not stop the port answering.
+const CHART_BUDGET: Duration = Duration::from_secs(3);
+/// Charts drawn at once (the web UI asks for one per thermostat card).
+static DRAWING: Semaphore = Semaphore::const_new(2);
 
 fn known(state: &AppState, serial: &str) -> Result<(), ApiError> {
     if state.store.exists(serial) || state.pairing.owner(serial).is_some() {
@@ -57,10 +66,24 @@ pub async fn chart(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
         "7d" => 7 * DAY_MS,
         other => return Err(ApiError::bad_request(format!("range '{other}' must be 24h or 7d"))),
     };
+    let deadline = Instant::now() + CHART_BUDGET;
     let now = now_ms();
     let points = points(state.store.pool(), &serial, now - span).await?;
-    let svg =
-        render(&points, now, span).map_err(|e| ApiError::new(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    let over_budget = || ApiError::unavailable("The chart could not be drawn in time; try again");
+    let permit = tokio::time::timeout_at(deadline.into(), DRAWING.acquire())
+        .await
+        .map_err(|_| over_budget())?
+        .map_err(|_| over_budget())?;
+    let drawing = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        render(&points, now, span, deadline)
+    });
+    let svg = match tokio::time::timeout_at(deadline.into(), drawing).await {
+        Ok(Ok(Ok(svg))) => svg,
+        Ok(Ok(Err(ChartError::OverBudget))) | Err(_) => return Err(over_budget()),
+        Ok(Ok(Err(ChartError::Drawing(e)))) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e)),
+        Ok(Err(e)) => return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("Drawing failed: {e}"))),
+    };
     Ok(HttpResponse::Ok().content_type("image/svg+xml").insert_header(("Cache-Control", "no-store")).body(svg))
 }
 
@@ -70,8 +93,9 @@ fn hours(at: i64, now: i64) -> f64 {
 }
 
 /// The chart: the measured temperature, the setpoint(s) as steps, and bands where the heating
-/// (red) or cooling (blue) ran.
-pub fn render(points: &[Point], now: i64, span: i64) -> Result<String, String> {
+/// (red) or cooling (blue) ran. Stops with [`ChartError::OverBudget`] once `deadline` passes.
+pub fn render(points: &[Point], now: i64, span: i64, deadline: Instant) -> Result<String, ChartError> {
+    let in_time = || if Instant::now() < deadline { Ok(()) } else { Err(ChartError::OverBudget) };
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (720, 260)).into_drawing_area();
@@ -81,14 +105,16 @@ pub fn render(points: &[Point], now: i64, span: i64) -> Result<String, String> {
                 .flatten()
         });
         let (lo, hi) = temps.fold((f64::MAX, f64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
+        // Points hold only plausible readings, so the axis stays small enough to draw.
         let (lo, hi) = if lo > hi { (15.0, 25.0) } else { ((lo - 1.0).floor(), (hi + 1.0).ceil()) };
+        let (lo, hi) = (lo.max(*TEMPERATURES_C.start() - 1.0), hi.min(*TEMPERATURES_C.end() + 1.0));
         let left = -(span as f64) / 3_600_000.0;
         let mut chart = ChartBuilder::on(&root)
             .margin(8)
             .x_label_area_size(26)
             .y_label_area_size(34)
             .build_cartesian_2d(left..0.0, lo..hi)
-            .map_err(|e| e.to_string())?;
+            .map_err(drawing)?;
         let grey = RGBColor(128, 128, 128);
         chart
             .configure_mesh()
@@ -99,7 +125,8 @@ pub fn render(points: &[Point], now: i64, span: i64) -> Result<String, String> {
             .x_desc("hours")
             .y_desc("°C")
             .draw()
-            .map_err(|e| e.to_string())?;
+            .map_err(drawing)?;
+        in_time()?;
         // Bands from each sample to the next (or to now) while heating or cooling ran.
         let ends = points.iter().skip(1).map(|p| p.at).chain(std::iter::once(now));
         let bands: Vec<(f64, f64, RGBAColor)> = points
@@ -116,9 +143,10 @@ pub fn render(points: &[Point], now: i64, span: i64) -> Result<String, String> {
                 Some((hours(p.at, now).max(left), hours(end, now), colour))
             })
             .collect();
+        in_time()?;
         chart
             .draw_series(bands.iter().map(|(x0, x1, c)| Rectangle::new([(*x0, lo), (*x1, hi)], c.filled())))
-            .map_err(|e| e.to_string())?;
+            .map_err(drawing)?;
         let steps = |get: fn(&Point) -> Option<f64>| -> Vec<(f64, f64)> {
             let mut out: Vec<(f64, f64)> = Vec::new();
             for p in points {
@@ -141,20 +169,30 @@ pub fn render(points: &[Point], now: i64, span: i64) -> Result<String, String> {
             |p: &Point| p.target_temperature_low,
             |p: &Point| p.target_temperature_high,
         ] {
-            chart.draw_series(LineSeries::new(steps(get), setpoint.stroke_width(2))).map_err(|e| e.to_string())?;
+            chart.draw_series(LineSeries::new(steps(get), setpoint.stroke_width(2))).map_err(drawing)?;
+            in_time()?;
         }
         let measured: Vec<(f64, f64)> =
             points.iter().filter_map(|p| p.current_temperature.map(|t| (hours(p.at, now).max(left), t))).collect();
-        chart
-            .draw_series(LineSeries::new(measured, RGBColor(30, 160, 110).stroke_width(2)))
-            .map_err(|e| e.to_string())?;
+        chart.draw_series(LineSeries::new(measured, RGBColor(30, 160, 110).stroke_width(2))).map_err(drawing)?;
         if points.is_empty() {
             root.draw(&Text::new("No history recorded yet", (280, 120), ("sans-serif", 14).into_font().color(&grey)))
-                .map_err(|e| e.to_string())?;
+                .map_err(drawing)?;
         }
-        root.present().map_err(|e| e.to_string())?;
+        root.present().map_err(drawing)?;
     }
+    in_time()?;
     Ok(svg)
+}
+
+#[derive(Debug, PartialEq)]
+pub enum ChartError {
+    OverBudget,
+    Drawing(String),
+}
+
+fn drawing(e: impl std::fmt::Display) -> ChartError {
+    ChartError::Drawing(e.to_string())
 }
 
 #[cfg(test)]
@@ -177,12 +215,15 @@ mod tests {
             aux: false,
         };
         let now = 10 * 3_600_000;
-        let svg = render(&[p(now - 7_200_000, 19.0, true), p(now - 3_600_000, 20.5, false)], now, DAY_MS).unwrap();
+        let later = Instant::now() + Duration::from_secs(60);
+        let svg =
+            render(&[p(now - 7_200_000, 19.0, true), p(now - 3_600_000, 20.5, false)], now, DAY_MS, later).unwrap();
         assert!(svg.starts_with("<svg"), "{svg}");
         assert!(svg.contains("<polyline"), "lines are drawn");
         assert!(svg.contains("<rect"), "a heating band is drawn");
-        let empty = render(&[], now, DAY_MS).unwrap();
+        let empty = render(&[], now, DAY_MS, later).unwrap();
         assert!(empty.contains("No history recorded yet"));
+        assert_eq!(render(&[], now, DAY_MS, Instant::now()).unwrap_err(), ChartError::OverBudget);
     }
 
     #[test]
