@@ -43,7 +43,7 @@ impl Executed {
 
 pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Value) -> Result<Executed, ExecError> {
     let serial = serial::sanitize(raw_serial).ok_or(ExecError::NoSerial)?;
-    if !state.store.exists(&serial) {
+    if !state.store.exists(&serial) || !state.is_known_device(&serial) {
         return Err(ExecError::NotFound);
     }
     let Some(preset) = Preset::asked_by(name, value) else { return apply(state, serial, name, value).await };

@@ -44,7 +44,8 @@ pub struct Config {
           value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub require_device_pairing: bool,
 
-    #[arg(long, env = "WEATHER_CACHE_TTL_MS", value_name = "WEATHER_CACHE_TTL_MS", default_value_t = 600_000)]
+    #[arg(long, env = "WEATHER_CACHE_TTL_MS", value_name = "WEATHER_CACHE_TTL_MS", default_value_t = 600_000,
+          value_parser = clap::value_parser!(u64).range(0..=30 * 86_400_000))]
     pub weather_cache_ttl_ms: u64,
 
     /// Where weather is fetched from (the firmware's own weather service by default).
@@ -227,7 +228,6 @@ impl Config {
         within("SSE_KEEPALIVE_SECONDS", self.sse_keepalive_seconds, 3600.0, "seconds")?;
         within("AVAILABILITY_TIMEOUT_SECONDS", self.availability_timeout_seconds, 30.0 * 86_400.0, "seconds")?;
         within("HISTORY_DAYS", self.history_days, 36_500.0, "days")?;
-        within("WEATHER_CACHE_TTL_MS", self.weather_cache_ttl_ms as f64, 30.0 * 86_400_000.0, "milliseconds")?;
         if let Some(host) = self.mqtt_host.as_deref().filter(|h| !h.trim().is_empty()) {
             if !crate::mqtt::is_broker_address(host) {
                 return Err(ConfigError {
@@ -423,11 +423,12 @@ mod tests {
             ("--sse-keepalive-seconds=0", "SSE_KEEPALIVE_SECONDS"),
             ("--availability-timeout-seconds=1e300", "AVAILABILITY_TIMEOUT_SECONDS"),
             ("--history-days=NaN", "HISTORY_DAYS"),
-            ("--weather-cache-ttl-ms=18446744073709551615", "WEATHER_CACHE_TTL_MS"),
         ] {
             let c = parse(&[flag]).unwrap();
             assert_eq!(c.validate().unwrap_err().name, name, "{flag}");
         }
+        let err = parse(&["--weather-cache-ttl-ms=18446744073709551615"]).err().unwrap().to_string();
+        assert!(err.contains("WEATHER_CACHE_TTL_MS"), "{err}");
         let err = parse(&["--max-devices=0"]).err().unwrap().to_string();
         assert!(err.contains("MAX_DEVICES"), "{err}");
         let err = parse(&["--sse-max-clients=99999999999"]).err().unwrap().to_string();

@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use state::Store;
 use state::availability::Availability;
+use state::devices::DeviceLimit;
 use state::pairing::Pairing;
 
 impl AppState {
@@ -43,10 +44,10 @@ impl AppState {
         }
     }
 
-    /// Whether a serial may take up state: known ones always; new ones while there is room, so a
-    /// flood of made-up serials cannot grow the database without end.
-    pub fn has_room_for(&self, serial: &str) -> bool {
-        self.is_known_device(serial) || self.store.serials().len() < MAX_DEVICES
+    /// A thermostat roost holds as a device (it counts toward `MAX_DEVICES`); a serial with only
+    /// pending pairing state is not one.
+    pub fn is_known_device(&self, serial: &str) -> bool {
+        self.devices.counts(serial)
     }
 
     /// The structure bucket of a thermostat: its owner's, or `structure.default` while unowned.
@@ -67,8 +68,20 @@ impl AppState {
         )
     }
 
-    pub fn is_known_device(&self, serial: &str) -> bool {
-        self.store.exists(serial) || self.pairing.owner(serial).is_some()
+    /// Removes the pending pairing state (the confirm-pairing dialog) of a serial that is not a
+    /// device; its code is gone already.
+    pub async fn drop_pending(&self, serial: &str) {
+        if self.is_known_device(serial)
+            || !self.store.exists(serial)
+            || !holds_pending_only(&self.store.snapshot(serial))
+        {
+            return;
+        }
+        let event = state::Event { kind: "pairing", detail: serde_json::json!({"action": "expired"}) };
+        match self.store.delete_device(serial, event).await {
+            Ok(_) => tracing::debug!(%serial, "pending pairing state removed"),
+            Err(e) => tracing::warn!(%serial, error = %e, "could not remove pending pairing state"),
+        }
     }
 
     pub async fn record_availability(&self, serial: &str, online: bool) {
@@ -83,9 +96,6 @@ impl AppState {
     }
 }
 
-/// Far more thermostats than any home has.
-pub const MAX_DEVICES: usize = 1000;
-
 /// Everything the handlers of both ports share.
 pub struct AppState {
     pub config: Arc<Config>,
@@ -94,6 +104,10 @@ pub struct AppState {
     /// The preset (away or eco) last asked per structure.
     pub presets: Arc<state::presets::Presets>,
     pub availability: Arc<Availability>,
+    /// The thermostats that count toward `MAX_DEVICES`.
+    pub devices: DeviceLimit,
+    /// New pairing codes per client address.
+    pub pairing_throttle: device_api::throttle::Throttle,
     pub shutdown: CancellationToken,
     pub events: Arc<control_api::events::EventStreams>,
     pub mqtt: mqtt::SharedStatus,
@@ -103,4 +117,10 @@ pub struct AppState {
     pub structure_sent: Mutex<HashSet<String>>,
     /// Software versions the thermostats reported, and the v3 profile each selects.
     pub firmware: Arc<state::firmware::Firmware>,
+}
+
+/// Whether every bucket a serial holds is pending pairing state (the confirm-pairing dialog
+/// a code request creates): such a serial is not a device.
+pub fn holds_pending_only(buckets: &state::store::Buckets) -> bool {
+    buckets.keys().all(|k| k.starts_with("device_alert_dialog."))
 }

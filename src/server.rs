@@ -14,15 +14,22 @@ use tokio_util::sync::CancellationToken;
 use crate::control_api::access::Policy;
 use crate::control_api::auth::{self, Access};
 use crate::control_api::events::EventStreams;
+use crate::device_api::throttle::Throttle;
 use crate::state::Store;
 use crate::state::availability::Availability;
 use crate::state::firmware::Firmware;
 use crate::state::keys::ApiKeys;
+use crate::state::devices::DeviceLimit;
 use crate::state::pairing::Pairing;
 use crate::{AppState, Config, control_api, device_api, hub, state, tls};
 
 /// Seconds in-flight requests get to finish after a stop signal (below Docker's 10 s grace).
 const SHUTDOWN_GRACE_SECS: u64 = 5;
+/// New pairing codes a client address may ask for at once, and how often after that.
+const PAIRING_BURST: u32 = 5;
+const PAIRING_EVERY: Duration = Duration::from_secs(12);
+/// How often expired pairing codes (and their pending state) are removed.
+const PAIRING_SWEEP: Duration = Duration::from_secs(60);
 /// Kernel send buffer of a control-port connection.
 const CONTROL_SEND_BUFFER: usize = 64 * 1024;
 /// How long a control-port peer may leave sent data unacknowledged before the kernel drops it.
@@ -71,6 +78,7 @@ impl Application {
         let presets = Arc::new(crate::state::presets::Presets::load(pool.clone()).await?);
         let pairing = Arc::new(Pairing::load(pool.clone()).await?);
         let firmware = Arc::new(Firmware::load(pool, config.v3_dialect, config.v3_dialect_overrides.clone()).await?);
+        let devices = DeviceLimit::new(config.limits.max_devices as usize, counted_devices(&config, &store, &pairing));
         let shutdown = CancellationToken::new();
         let events = EventStreams::new(config.sse_max_clients);
         events.spawn_fan_out(store.hub().feed(), shutdown.clone());
@@ -81,6 +89,8 @@ impl Application {
             pairing,
             presets,
             availability: Arc::new(Availability::new((config.availability_timeout_seconds * 1000.0) as i64)),
+            devices,
+            pairing_throttle: Throttle::new(PAIRING_BURST, PAIRING_EVERY),
             shutdown,
             events,
             mqtt: Default::default(),
@@ -203,10 +213,33 @@ impl Application {
         });
     }
 
+    /// Removes expired pairing codes and the pending state of serials that never paired.
+    fn spawn_pairing_sweep(&self) {
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PAIRING_SWEEP);
+            loop {
+                tokio::select! {
+                    _ = state.shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                match state.pairing.expire_codes().await {
+                    Ok(serials) => {
+                        for serial in serials {
+                            state.drop_pending(&serial).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not expire pairing codes"),
+                }
+            }
+        });
+    }
+
     /// Serves until [`AppHandle::stop`]: then held subscribes end with the terminal chunk,
     /// in-flight requests finish, and the database is closed.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.spawn_availability_watch();
+        self.spawn_pairing_sweep();
         let mqtt = match crate::mqtt::Settings::from_config(&self.state.config) {
             Some(settings) => Some(settings),
             None => crate::mqtt::Settings::from_database(self.state.store.pool()).await,
@@ -236,4 +269,20 @@ impl Application {
         self.state.store.pool().close().await;
         Ok(())
     }
+}
+
+/// The thermostats that count toward `MAX_DEVICES` at start-up: with pairing required the paired
+/// ones; otherwise every serial with an owner or with state beyond a pending pairing.
+fn counted_devices(config: &Config, store: &Store, pairing: &Pairing) -> Vec<String> {
+    let mut counted = pairing.owned_serials();
+    if !config.require_device_pairing {
+        let owned: HashSet<String> = counted.iter().cloned().collect();
+        counted.extend(
+            store
+                .serials()
+                .into_iter()
+                .filter(|s| !owned.contains(s) && !crate::holds_pending_only(&store.snapshot(s))),
+        );
+    }
+    counted
 }

@@ -79,6 +79,7 @@ pub(super) async fn remove_device(state: &AppState, serial: &str) -> Result<usiz
         state.store.record(&serial, Origin::Server, event).await?;
     }
     state.pairing.forget(&serial).await?;
+    state.devices.release(&serial);
     state.availability.forget(&serial);
     state.firmware.forget(&serial).await?;
     state.store.hub().end_serial(&serial);

@@ -31,11 +31,14 @@ pub async fn register(payload: web::Payload, state: web::Data<AppState>) -> Resu
     if code.len() != 7 || !code.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(fail("Invalid entry code format. Must be exactly 7 alphanumeric characters."));
     }
-    let serial = match state.pairing.claim(&code, user).await? {
+    // Pairing is where a thermostat takes its place under MAX_DEVICES when pairing is required.
+    let room = |serial: &str| match state.devices.claim(serial) {
+        true => Ok(()),
+        false => Err(ClaimError::NoRoom(state.devices.max())),
+    };
+    let serial = match state.pairing.claim(&code, user, room).await? {
         Ok(serial) => serial,
-        Err(e @ ClaimError::Invalid) => {
-            return Ok(HttpResponse::Ok().json(json!({"success": false, "message": e.to_string()})));
-        }
+        Err(e) => return Ok(HttpResponse::Ok().json(json!({"success": false, "message": e.to_string()}))),
     };
     // Forced, so both buckets get fresh timestamps and travel together even if they existed.
     let ops: Vec<Op> = pairing_buckets(&serial, user)
@@ -79,6 +82,10 @@ pub async fn unregister_device(req: HttpRequest, state: web::Data<AppState>) -> 
     let user = user_param(&req);
     if !state.pairing.unregister(&serial, &user).await? {
         return Ok(HttpResponse::Ok().json(json!({"success": false, "message": format!("Device {serial} not found")})));
+    }
+    if state.config.require_device_pairing {
+        // No longer paired: it no longer counts as a device.
+        state.devices.release(&serial);
     }
     let event = Event { kind: "pairing", detail: json!({"action": "unpaired", "user": user}) };
     state.store.record(&serial, Origin::Pairing, event).await?;

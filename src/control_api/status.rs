@@ -200,7 +200,7 @@ pub fn parse_serial(raw: Option<&str>) -> Result<String, ApiError> {
 
 /// Known devices: with pairing required, the paired ones; otherwise every device with state.
 pub fn known_serials(state: &AppState) -> Vec<String> {
-    let mut serials = state.store.serials();
+    let mut serials: Vec<String> = state.store.serials().into_iter().filter(|s| state.is_known_device(s)).collect();
     if state.config.require_device_pairing {
         serials = state.pairing.owned_serials();
     } else {

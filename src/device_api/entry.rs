@@ -1,5 +1,6 @@
 //! Service discovery, ping, provisioning info and pairing codes.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
@@ -10,6 +11,7 @@ use crate::config::origin_parts;
 use crate::domain::bucket::Fields;
 use crate::domain::time::now_ms;
 use crate::error::ApiError;
+use crate::state::pairing::IssueError;
 use crate::state::{Op, Origin};
 
 /// Largest entry form read (a real one is about 150 bytes); the rest is discarded.
@@ -96,20 +98,43 @@ pub async fn pro_info(req: HttpRequest) -> HttpResponse {
 }
 
 /// The pairing code shown on the thermostat. `expires` is a JSON number of milliseconds.
+/// The same code is returned while it stays valid; new codes are rate-limited per client
+/// address. A code and its confirm-pairing dialog are pending state: they do not count toward
+/// `MAX_DEVICES`, they are bounded on their own and they expire, so a genuine thermostat can
+/// always get a code.
 pub async fn passphrase(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let caller = identify(&req, None).ok_or_else(serial_required)?;
-    if !state.has_room_for(&caller.serial) {
-        return Err(super::too_many_devices());
-    }
     state.seen(&caller.serial, caller.password.as_deref()).await;
     let ttl_ms = (state.config.entry_key_ttl_seconds as i64).saturating_mul(1000);
-    let key = state.pairing.entry_key(&caller.serial, ttl_ms).await?;
+    let key = match state.pairing.usable_key(&caller.serial, ttl_ms).await? {
+        Some(key) => key,
+        None => {
+            if let Some(wait) = req.peer_addr().and_then(|peer| state.pairing_throttle.take(peer.ip()).err()) {
+                tracing::debug!(serial = %caller.serial, peer = ?req.peer_addr(), "pairing code refused: rate limit");
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!("Too many new pairing codes from this address; try again in {wait} s"),
+                ));
+            }
+            let issued = state.pairing.issue_key(&caller.serial, ttl_ms).await.map_err(|e| match e {
+                IssueError::Storage(e) => ApiError::from(e),
+                IssueError::NoRandomness => {
+                    tracing::error!("no pairing code issued: the operating system's random source failed");
+                    ApiError::unavailable("Entry key service unavailable")
+                }
+            })?;
+            for serial in &issued.evicted {
+                state.drop_pending(serial).await;
+            }
+            tracing::info!(serial = %caller.serial, "entry key issued");
+            issued.key
+        }
+    };
     let mut dialog = Fields::new();
     dialog.insert("dialog_data".into(), "".into());
     dialog.insert("dialog_id".into(), "confirm-pairing".into());
     let op = Op::CreateIfMissing { key: format!("device_alert_dialog.{}", caller.serial), fields: dialog };
     state.store.apply(&caller.serial, Origin::Device, false, vec![op]).await?;
-    tracing::info!(serial = %caller.serial, "entry key issued");
     Ok(json_ok(json!({"value": key.code, "expires": key.expires_at})))
 }
 

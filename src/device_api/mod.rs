@@ -4,6 +4,7 @@
 mod entry;
 mod legacy;
 mod misc;
+pub mod throttle;
 mod transport;
 mod v3;
 mod weather;
@@ -74,8 +75,8 @@ pub(crate) fn identify(req: &HttpRequest, session: Option<&str>) -> Option<Calle
     Some(Caller { serial, password: basic.map(|(_, p)| p) })
 }
 
-pub(crate) fn too_many_devices() -> ApiError {
-    ApiError::unavailable(format!("roost already holds {} thermostats", crate::MAX_DEVICES))
+pub(crate) fn too_many_devices(state: &AppState) -> ApiError {
+    ApiError::unavailable(format!("roost already holds {} thermostats (MAX_DEVICES)", state.devices.max()))
 }
 
 pub(crate) fn serial_required() -> ApiError {
@@ -119,11 +120,12 @@ pub(crate) async fn admit(state: &AppState, caller: &Caller, route: Gated) -> Re
 }
 
 /// Records contact and, in open mode, adopts an unowned device for the default user so it
-/// receives a user and a structure bucket (without them the firmware cannot do away/eco).
+/// receives a user and a structure bucket (without them the firmware cannot do away/eco). In open
+/// mode this is where a new thermostat takes its place under `MAX_DEVICES`, before it gets any
+/// state or owner row; with pairing required it took its place when it was paired.
 pub(crate) async fn arrived(state: &AppState, caller: &Caller) -> Result<Option<String>, ApiError> {
-    if !state.has_room_for(&caller.serial) {
-        tracing::warn!(serial = %caller.serial, "refused a new thermostat: MAX_DEVICES reached");
-        return Err(too_many_devices());
+    if !state.config.require_device_pairing && !state.devices.claim(&caller.serial) {
+        return Err(too_many_devices(state));
     }
     let owner = match state.pairing.owner(&caller.serial) {
         Some(owner) => Some(owner),

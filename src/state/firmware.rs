@@ -9,6 +9,11 @@ use crate::domain::time::now_ms;
 use crate::domain::v3::Profile;
 use crate::domain::v3::profile::{self, Forced, Overrides, Reason, VersionSource};
 
+/// Versions remembered at once: any caller can claim a serial at `/nest/entry`, so made-up
+/// serials must not grow the table without end (a thermostat past it still gets its profile
+/// from its request header or its device bucket).
+const MAX_REPORTED: usize = 10_000;
+
 /// Longest version string kept (real ones look like `4.3.3` or `5.9.4-5`).
 const MAX_VERSION_LEN: usize = 64;
 
@@ -62,7 +67,7 @@ impl Firmware {
             Some(old) if old == new || old.source > source => return Ok(()),
             Some(_) => {}
             // Bounded like the devices themselves: made-up serials cannot grow the table.
-            None if self.reported.read().map_or(0, |r| r.len()) >= crate::MAX_DEVICES => return Ok(()),
+            None if self.reported.read().map_or(0, |r| r.len()) >= MAX_REPORTED => return Ok(()),
             None => {}
         }
         sqlx::query(

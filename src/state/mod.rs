@@ -5,6 +5,7 @@ pub mod bounds;
 pub mod db;
 pub mod firmware;
 pub mod keys;
+pub mod devices;
 pub mod pairing;
 pub mod presets;
 pub mod store;

@@ -11,6 +11,8 @@ use crate::domain::time::now_ms;
 pub const DEFAULT_USER: &str = "homeassistant";
 /// The thermostat refuses a code that expires sooner than this.
 pub const MIN_CODE_VALIDITY_MS: i64 = 30 * 60 * 1000;
+/// Unclaimed pairing codes held at once (far more than anyone pairs at a time).
+pub const MAX_PENDING_CODES: i64 = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -38,6 +40,24 @@ pub struct EntryKey {
 pub enum ClaimError {
     #[error("Invalid, expired, or already claimed entry key")]
     Invalid,
+    #[error("roost already holds {0} thermostats (MAX_DEVICES); delete one or raise the limit")]
+    NoRoom(usize),
+}
+
+/// A newly issued code, and the serials whose codes were dropped to make room for it.
+#[derive(Debug)]
+pub struct Issued {
+    pub key: EntryKey,
+    pub evicted: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    #[error(transparent)]
+    Storage(#[from] sqlx::Error),
+    /// Codes come only from the operating system's random source; without it none is issued.
+    #[error("no random source for pairing codes")]
+    NoRandomness,
 }
 
 pub struct Pairing {
@@ -113,26 +133,38 @@ impl Pairing {
         .await
     }
 
-    /// The code to show on the thermostat: the current one while it stays valid for at least 30
-    /// more minutes (the firmware rejects anything sooner), else a new one. Claimed keys are kept
-    /// as the record of who paired the device.
-    pub async fn entry_key(&self, serial: &str, ttl_ms: i64) -> Result<EntryKey, sqlx::Error> {
+    /// The current code of a serial while it stays valid for at least 30 more minutes (the
+    /// firmware rejects anything sooner), or `None` when a new one is needed.
+    pub async fn usable_key(&self, serial: &str, ttl_ms: i64) -> Result<Option<EntryKey>, sqlx::Error> {
         let now = now_ms();
-        if let Some(key) = self.latest_key(serial).await? {
-            let usable = key.claimed_by.is_none() && key.expires_at - now >= MIN_CODE_VALIDITY_MS.min(ttl_ms);
-            if usable {
-                return Ok(key);
-            }
-        }
+        Ok(self
+            .latest_key(serial)
+            .await?
+            .filter(|key| key.claimed_by.is_none() && key.expires_at - now >= MIN_CODE_VALIDITY_MS.min(ttl_ms)))
+    }
+
+    /// Issues a new code for a serial. Claimed keys are kept as the record of who paired the
+    /// device. At most [`MAX_PENDING_CODES`] unclaimed codes exist: past it the oldest are
+    /// dropped (their serials are returned, so their pending state can go too), so made-up
+    /// serials can never keep a genuine thermostat from getting a code.
+    pub async fn issue_key(&self, serial: &str, ttl_ms: i64) -> Result<Issued, IssueError> {
+        let now = now_ms();
         let expires_at = now + ttl_ms.max(MIN_CODE_VALIDITY_MS);
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM \"entryKeys\" WHERE serial = ? AND \"claimedBy\" IS NULL")
             .bind(serial)
             .execute(&mut *tx)
             .await?;
+        let evicted: Vec<String> = sqlx::query_scalar(
+            "DELETE FROM \"entryKeys\" WHERE code IN (SELECT code FROM \"entryKeys\" WHERE \"claimedBy\" IS NULL
+             ORDER BY \"createdAt\" DESC, rowid DESC LIMIT -1 OFFSET ?) RETURNING serial",
+        )
+        .bind(MAX_PENDING_CODES - 1)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut attempt = 0;
         let code = loop {
-            let code = new_code();
+            let code = new_code().ok_or(IssueError::NoRandomness)?;
             let taken: Option<String> = sqlx::query_scalar("SELECT code FROM \"entryKeys\" WHERE code = ?")
                 .bind(&code)
                 .fetch_optional(&mut *tx)
@@ -150,19 +182,36 @@ impl Pairing {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(EntryKey {
+        let key = EntryKey {
             code,
             serial: serial.to_string(),
             created_at: now,
             expires_at,
             claimed_by: None,
             claimed_at: None,
-        })
+        };
+        Ok(Issued { key, evicted })
+    }
+
+    /// Removes unclaimed codes that have expired; returns their serials.
+    pub async fn expire_codes(&self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "DELETE FROM \"entryKeys\" WHERE \"claimedBy\" IS NULL AND \"expiresAt\" <= ? RETURNING serial",
+        )
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// Claims a code for `user`; on success the device is owned by `user`. The code proves
     /// physical access to the thermostat, so a claim moves a device that another user owned.
-    pub async fn claim(&self, code: &str, user: &str) -> Result<Result<String, ClaimError>, sqlx::Error> {
+    /// `room` is asked (with the serial) whether the device may count toward the device limit.
+    pub async fn claim(
+        &self,
+        code: &str,
+        user: &str,
+        room: impl FnOnce(&str) -> Result<(), ClaimError>,
+    ) -> Result<Result<String, ClaimError>, sqlx::Error> {
         let now = now_ms();
         let serial: Option<String> = sqlx::query_scalar(
             "SELECT serial FROM \"entryKeys\" WHERE code = ? AND \"claimedBy\" IS NULL AND \"expiresAt\" > ?",
@@ -172,6 +221,9 @@ impl Pairing {
         .fetch_optional(&self.pool)
         .await?;
         let Some(serial) = serial else { return Ok(Err(ClaimError::Invalid)) };
+        if let Err(e) = room(&serial) {
+            return Ok(Err(e));
+        }
         let mut tx = self.pool.begin().await?;
         let claimed = sqlx::query(
             "UPDATE \"entryKeys\" SET \"claimedBy\" = ?, \"claimedAt\" = ? WHERE code = ? AND \"claimedBy\" IS NULL AND \"expiresAt\" > ?",
@@ -257,19 +309,22 @@ impl Pairing {
     }
 }
 
-/// Three digits and four letters (shown as `123-ABCD`), from the operating system's CSPRNG.
-fn new_code() -> String {
+/// Three digits and four letters (shown as `123-ABCD`), from the operating system's CSPRNG;
+/// `None` when it fails (a guessable code would let anyone on the network pair the thermostat).
+fn new_code() -> Option<String> {
+    code_from(getrandom::fill)
+}
+
+fn code_from(fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>) -> Option<String> {
     let mut bytes = [0u8; 7];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness means no safe code; fall back to time-derived bytes rather than panic.
-        let t = now_ms().to_le_bytes();
-        bytes.copy_from_slice(&t[..7]);
-    }
-    bytes
-        .iter()
-        .enumerate()
-        .map(|(i, b)| if i < 3 { (b'0' + b % 10) as char } else { (b'A' + b % 26) as char })
-        .collect()
+    fill(&mut bytes).ok()?;
+    Some(
+        bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if i < 3 { (b'0' + b % 10) as char } else { (b'A' + b % 26) as char })
+            .collect(),
+    )
 }
 
 /// The user id with a leading `user_` removed, as used in `structure.<id>`.
@@ -284,11 +339,35 @@ mod tests {
     #[test]
     fn codes_are_three_digits_then_four_letters() {
         for _ in 0..100 {
-            let c = new_code();
+            let c = new_code().unwrap();
             assert_eq!(c.len(), 7);
             assert!(c[..3].chars().all(|ch| ch.is_ascii_digit()), "{c}");
             assert!(c[3..].chars().all(|ch| ch.is_ascii_uppercase()), "{c}");
         }
+    }
+
+    #[tokio::test]
+    async fn expired_codes_are_removed_and_pending_codes_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (pool, _writer) = crate::state::db::open(&dir.path().join("p.sqlite")).await.unwrap();
+        let pairing = Pairing::load(pool.clone()).await.unwrap();
+        let ttl = 3_600_000;
+        pairing.issue_key("EXPIRED0000001", ttl).await.unwrap();
+        sqlx::query("UPDATE \"entryKeys\" SET \"expiresAt\" = 1").execute(&pool).await.unwrap();
+        assert!(pairing.usable_key("EXPIRED0000001", ttl).await.unwrap().is_none());
+        assert_eq!(pairing.expire_codes().await.unwrap(), ["EXPIRED0000001"]);
+        let mut evicted = Vec::new();
+        for i in 0..MAX_PENDING_CODES + 3 {
+            evicted.extend(pairing.issue_key(&format!("PENDING{i:07}"), ttl).await.unwrap().evicted);
+        }
+        assert_eq!(evicted, ["PENDING0000000", "PENDING0000001", "PENDING0000002"]);
+        let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM \"entryKeys\"").fetch_one(&pool).await.unwrap();
+        assert_eq!(pending, MAX_PENDING_CODES);
+    }
+
+    #[test]
+    fn no_code_without_the_random_source() {
+        assert_eq!(code_from(|_| Err(getrandom::Error::UNSUPPORTED)), None);
     }
 
     #[test]

@@ -97,3 +97,106 @@ async fn absurd_temperatures_are_stored_but_not_charted_and_the_chart_always_ans
     let health = tokio::time::timeout(WAIT, app.control.send(&Request::get("/health"))).await.expect("health answers");
     assert_eq!(health.unwrap().status(), 200);
 }
+
+/// The port of a `http://127.0.0.1:PORT` URL.
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a port")
+}
+
+/// Sends raw request bytes from the local address `from` (any 127.x.y.z) and reads the response
+/// until the server closes; returns the status and the body.
+async fn send_from(from: &str, port: u16, request: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.expect("an answer").unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+fn passphrase_request(serial: &str) -> Vec<u8> {
+    format!("GET /nest/passphrase HTTP/1.1\r\nHost: roost\r\nX-NL-Device-ID: {serial}\r\nConnection: close\r\n\r\n")
+        .into_bytes()
+}
+
+fn made_up(i: usize) -> String {
+    format!("02AA01AC{i:08}")
+}
+
+#[tokio::test]
+async fn made_up_serials_cannot_stop_a_genuine_thermostat_from_pairing() {
+    let app = TestApp::start(&["--require-device-pairing=true", "--max-devices=3"]).await;
+    let port = port_of(&app.device_url);
+    // A stranger asks for codes for 105 made-up serials, five from each of 21 addresses.
+    for i in 0..105 {
+        let (status, body) = send_from(&format!("127.0.1.{}", i / 5), port, &passphrase_request(&made_up(i))).await;
+        assert_eq!(status, 200, "pending pairings do not count toward MAX_DEVICES: {body}");
+    }
+    // One address asking for more new codes is slowed down.
+    let (status, body) = send_from("127.0.1.0", port, &passphrase_request(&made_up(999))).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("try again"), "{body}");
+    // Pending pairing state is bounded on its own: the oldest codes were dropped.
+    let r = app.device.send(&device_req("GET", "/nest/passphrase/status", &made_up(0))).await.unwrap();
+    assert_eq!(r.json().unwrap()["status"], "no_key");
+    let r = app.device.send(&device_req("GET", "/nest/passphrase/status", &made_up(104))).await.unwrap();
+    assert_eq!(r.json().unwrap()["status"], "pending");
+    let r = app.control.send(&Request::get("/api/devices")).await.unwrap();
+    assert_eq!(r.json().unwrap()["devices"], json!([]), "a code request does not make a device");
+
+    // A genuine thermostat still gets a code, and pairs.
+    let mut t = app.thermostat(SERIAL);
+    t.entry().await.unwrap();
+    let (code, _) = t.passphrase().await.expect("a genuine thermostat gets a code");
+    let r = app.control_post("/api/register", json!({"code": code, "userId": "alice"})).await;
+    assert_eq!(r.json().unwrap()["success"], true);
+    // Once paired thermostats fill MAX_DEVICES codes are still issued, but pairing past it is
+    // refused clearly.
+    for i in 0..2 {
+        let other = app.thermostat(&made_up(500 + i));
+        let (code, _) = other.passphrase().await.unwrap();
+        let r = app.control_post("/api/register", json!({"code": code, "userId": "alice"})).await;
+        assert_eq!(r.json().unwrap()["success"], true);
+    }
+    let fourth = app.thermostat(&made_up(600));
+    let (code, _) = fourth.passphrase().await.expect("codes are still issued");
+    let r = app.control_post("/api/register", json!({"code": code, "userId": "alice"})).await;
+    let j = r.json().unwrap();
+    assert_eq!(j["success"], false);
+    assert!(j["message"].as_str().unwrap().contains("MAX_DEVICES"), "{j}");
+}
+
+#[tokio::test]
+async fn the_device_limit_covers_empty_puts_and_holds_under_a_concurrent_flood() {
+    let app = TestApp::start(&["--max-devices=3"]).await;
+    let flood = (0..20).map(|i| {
+        let client = app.device.clone();
+        async move {
+            let req = device_req("POST", "/nest/transport/put", &made_up(i)).json(&json!({"objects": []}));
+            client.send(&req).await.unwrap().status()
+        }
+    });
+    let statuses = futures_util::future::join_all(flood).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 17, "{statuses:?}");
+    let owners = app.control.send(&Request::get("/api/registered-devices")).await.unwrap().json().unwrap();
+    assert_eq!(owners.as_array().unwrap().len(), 3, "no owner rows past the limit: {owners}");
+    // A genuine new thermostat is told clearly.
+    let r = app
+        .device
+        .send(&device_req("POST", "/nest/transport/put", SERIAL).json(&padded(&format!("device.{SERIAL}"), "a", 1)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.json().unwrap()["error"].as_str().unwrap().contains("MAX_DEVICES"));
+    // Deleting a device makes room.
+    let admitted = owners[0]["serial"].as_str().unwrap().to_string();
+    let r = app.control.send(&Request::new("DELETE", "/api/device").json(&json!({"serial": admitted}))).await.unwrap();
+    assert_eq!(r.status(), 200);
+    app.booted(SERIAL).await;
+}
