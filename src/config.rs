@@ -143,6 +143,11 @@ pub struct Config {
     #[arg(long, env = "CORS_ORIGINS", value_name = "CORS_ORIGINS")]
     pub cors_origins: Option<String>,
 
+    /// Extra host names browsers may use for the control port (comma-separated; `*.domain`, or
+    /// `*` for any), besides addresses, localhost, API_ORIGIN's host, the hostname and `*.local`.
+    #[arg(long, env = "ALLOWED_HOSTS", value_name = "ALLOWED_HOSTS")]
+    pub allowed_hosts: Option<String>,
+
     #[arg(long, env = "SSE_KEEPALIVE_SECONDS", value_name = "SSE_KEEPALIVE_SECONDS", default_value_t = 15.0)]
     pub sse_keepalive_seconds: f64,
 
@@ -292,6 +297,10 @@ impl Config {
 
     pub fn cors_origin_list(&self) -> Vec<String> {
         split_list(self.cors_origins.as_deref())
+    }
+
+    pub fn allowed_host_list(&self) -> Vec<String> {
+        split_list(self.allowed_hosts.as_deref())
     }
 }
 

@@ -17,9 +17,9 @@ use crate::control_api::events::EventStreams;
 use crate::device_api::throttle::Throttle;
 use crate::state::Store;
 use crate::state::availability::Availability;
+use crate::state::devices::DeviceLimit;
 use crate::state::firmware::Firmware;
 use crate::state::keys::ApiKeys;
-use crate::state::devices::DeviceLimit;
 use crate::state::pairing::Pairing;
 use crate::{AppState, Config, control_api, device_api, hub, state, tls};
 

@@ -18,6 +18,7 @@ use actix_web::{Error, HttpMessage, HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use super::hosts::{self, AllowedHosts};
 use super::rate_limit::{RateLimiter, Verdict};
 use crate::config::{Config, ConfigError};
 use crate::device_api::query_param;
@@ -126,6 +127,12 @@ impl Grant {
         }
     }
 
+    /// Granted without a key: what a web page on a rebound DNS name would get from a browser on
+    /// this network, so such a request must name roost by an allowed host (see `hosts`).
+    fn keyless(&self) -> bool {
+        matches!(self.via, Via::TrustedNetwork | Via::LocalNetwork | Via::Open)
+    }
+
     fn level(&self) -> Option<Level> {
         [Level::Admin, Level::Write, Level::Read].into_iter().find(|l| self.perms.allows(*l))
     }
@@ -172,6 +179,8 @@ pub struct Policy {
     trusted: Option<Vec<Cidr>>,
     pub keys: Arc<ApiKeys>,
     limiter: RateLimiter,
+    hosts: AllowedHosts,
+    cors_origins: Vec<String>,
 }
 
 /// What a request presented.
@@ -185,11 +194,16 @@ enum Presented {
 
 impl Policy {
     pub fn new(config: &Config, keys: Arc<ApiKeys>) -> Result<Self, ConfigError> {
+        let api_host = crate::config::origin_parts(&config.api_origin).ok().map(|p| p.host);
+        let machine = hosts::machine_hostname();
+        let defaults = api_host.iter().chain(machine.iter()).map(String::as_str);
         Ok(Self {
             control_keys: config.api_keys(),
             trusted: config.trusted_networks()?,
             keys,
             limiter: RateLimiter::new(config.v1_rate_limit_per_minute),
+            hosts: AllowedHosts::new(defaults, &config.allowed_host_list()),
+            cors_origins: config.cors_origin_list(),
         })
     }
 
@@ -316,6 +330,11 @@ pub async fn authorize<B: MessageBody + 'static>(
         Err(_) if need.is_none() => Grant::nobody(),
         Err(message) => return Ok(refuse(req, StatusCode::UNAUTHORIZED, message)),
     };
+    if grant.keyless() {
+        if let Some(message) = policy.hosts.refusal(req.headers(), &policy.cors_origins) {
+            return Ok(refuse(req, StatusCode::FORBIDDEN, &message));
+        }
+    }
     if let Some(need) = need {
         if !grant.allows(need.level) {
             let message = match need.level {

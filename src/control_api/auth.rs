@@ -98,7 +98,8 @@ where
     }
     let changes_state = matches!(*req.method(), Method::POST | Method::PUT | Method::DELETE | Method::PATCH);
     if changes_state && access.foreign_origin(&req) {
-        // Another web page (or a DNS-rebinding attack) trying to change a thermostat.
+        // Another web page trying to change a thermostat. A page on a rebound DNS name passes
+        // this check (its origin is the Host it names); `access` refuses it by that Host.
         let res = reject(req, StatusCode::FORBIDDEN, "Origin not allowed (set CORS_ORIGINS)");
         return Box::pin(async move { Ok(res) });
     }

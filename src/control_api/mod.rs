@@ -6,6 +6,7 @@ pub mod auth;
 mod command;
 pub mod events;
 mod history;
+pub mod hosts;
 mod keys;
 mod rate_limit;
 mod registration;

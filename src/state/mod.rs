@@ -3,9 +3,9 @@
 pub mod availability;
 pub mod bounds;
 pub mod db;
+pub mod devices;
 pub mod firmware;
 pub mod keys;
-pub mod devices;
 pub mod pairing;
 pub mod presets;
 pub mod store;

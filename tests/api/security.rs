@@ -200,3 +200,68 @@ async fn the_device_limit_covers_empty_puts_and_holds_under_a_concurrent_flood()
     assert_eq!(r.status(), 200);
     app.booted(SERIAL).await;
 }
+
+fn control_request(method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()));
+    head.into_bytes()
+}
+
+#[tokio::test]
+async fn a_page_on_a_rebound_dns_name_cannot_read_or_command_without_a_key() {
+    let app = TestApp::start(&["--allowed-hosts=nest.example.org"]).await;
+    app.booted(SERIAL).await;
+    let port = app.control_port();
+    let command = json!({"serial": SERIAL, "command": "set_temperature", "value": 25}).to_string();
+    let json_type = ("Content-Type", "application/json");
+    let rebound_host = format!("rebind.evil.example:{port}");
+    let rebound_origin = format!("http://rebind.evil.example:{port}");
+    // The attack: the page's own origin, same as the Host it names.
+    let attack = [("Host", rebound_host.as_str()), ("Origin", rebound_origin.as_str()), json_type];
+    let (status, body) = send_from("127.0.0.1", port, &control_request("POST", "/command", &attack, &command)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("ALLOWED_HOSTS"), "{body}");
+    let read = [("Host", rebound_host.as_str()), ("Sec-Fetch-Site", "same-origin"), ("Sec-Fetch-Mode", "cors")];
+    let path = format!("/status?serial={SERIAL}");
+    let (status, _) = send_from("127.0.0.1", port, &control_request("GET", &path, &read, "")).await;
+    assert_eq!(status, 403, "a same-origin read from the rebound page");
+    let r = app.control.send(&roost::sim::http::Request::get(&path)).await.unwrap();
+    assert_eq!(r.json().unwrap()["target_temperature"], json!(20.0), "the command did not run");
+
+    // Browsers that name roost by its address, localhost, a .local name or an allowed name work;
+    // programs that are not browsers may use any name (a docker service name, a proxy's).
+    let addr = format!("127.0.0.1:{port}");
+    let origin = format!("http://{addr}");
+    for (host, origin) in [
+        (addr.as_str(), Some(origin.as_str())),
+        ("localhost", Some("http://localhost")),
+        ("roost.local:8082", Some("http://roost.local:8082")),
+        ("nest.example.org", Some("http://nest.example.org")),
+        ("roost", None),
+        ("rebind.evil.example", None),
+    ] {
+        let mut headers = vec![("Host", host), json_type];
+        headers.extend(origin.map(|o| ("Origin", o)));
+        let (status, body) =
+            send_from("127.0.0.1", port, &control_request("POST", "/command", &headers, &command)).await;
+        assert_eq!(status, 200, "{host}: {body}");
+    }
+    app.stop().await;
+
+    // A trusted network gets in without a key, so the same holds there; a key is what a
+    // rebinding page does not have.
+    let app = TestApp::start(&["--control-api-key=s3cret", "--control-trusted-networks=127.0.0.0/8"]).await;
+    app.booted(SERIAL).await;
+    let port = app.control_port();
+    let rebound_host = format!("rebind.evil.example:{port}");
+    let rebound_origin = format!("http://rebind.evil.example:{port}");
+    let attack = [("Host", rebound_host.as_str()), ("Origin", rebound_origin.as_str()), json_type];
+    let (status, _) = send_from("127.0.0.1", port, &control_request("POST", "/command", &attack, &command)).await;
+    assert_eq!(status, 403, "trusted network, rebound name");
+    let with_key = [attack[0], attack[1], attack[2], ("X-API-Key", "s3cret")];
+    let (status, body) = send_from("127.0.0.1", port, &control_request("POST", "/command", &with_key, &command)).await;
+    assert_eq!(status, 200, "{body}");
+}
