@@ -1,5 +1,6 @@
 //! Reading request bodies with a size limit, so an oversized or endless body is a clear 413.
 
+use actix_web::error::PayloadError;
 use actix_web::http::StatusCode;
 use actix_web::web;
 use bytes::{Bytes, BytesMut};
@@ -13,7 +14,13 @@ pub const MAX_BODY: usize = 1024 * 1024;
 pub async fn read_limited(mut payload: web::Payload, limit: usize) -> Result<Bytes, ApiError> {
     let mut buf = BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("Could not read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| match e {
+            // The connection layer ends a request whose body does not arrive in time.
+            PayloadError::Incomplete(_) => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "The request body did not arrive completely in time")
+            }
+            e => ApiError::bad_request(format!("Could not read the request body: {e}")),
+        })?;
         if buf.len() + chunk.len() > limit {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod commands;
 pub mod config;
+pub mod conn;
 pub mod control_api;
 pub mod device_api;
 pub mod domain;

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::dev::{Server, Service};
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::{App, HttpResponse, web};
 use anyhow::Context;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +21,7 @@ use crate::state::devices::DeviceLimit;
 use crate::state::firmware::Firmware;
 use crate::state::keys::ApiKeys;
 use crate::state::pairing::Pairing;
-use crate::{AppState, Config, control_api, device_api, hub, state, tls};
+use crate::{AppState, Config, conn, control_api, device_api, hub, state, tls};
 
 /// Seconds in-flight requests get to finish after a stop signal (below Docker's 10 s grace).
 const SHUTDOWN_GRACE_SECS: u64 = 5;
@@ -105,30 +105,38 @@ impl Application {
         let device_addr = device_listener.local_addr()?;
         let control_addr = control_listener.local_addr()?;
 
+        let budget = config
+            .limits
+            .connection_budget(crate::limits::raise_fd_limit(), config.sse_max_clients as u64)
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let is_tls = tls_config.is_some();
         let device_state = state.clone();
-        let device = HttpServer::new(move || {
-            App::new()
-                .app_data(device_state.clone())
-                .wrap_fn(|mut req, srv| {
-                    device_api::rewrite_legacy_path(&mut req);
-                    srv.call(req)
-                })
-                .configure(device_api::routes)
-                .default_service(web::to(not_found))
-        })
-        .workers(2)
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-        .h1_allow_half_closed(false)
-        .client_request_timeout(Duration::from_secs(30))
-        .client_disconnect_timeout(Duration::from_secs(5))
-        .tls_handshake_timeout(Duration::from_secs(15))
-        .keep_alive(Duration::from_secs(60));
-        let device = match tls_config {
-            Some(tls) => device.listen_rustls_0_23(device_listener, tls)?,
-            None => device.listen(device_listener)?,
-        };
-        let is_tls = config.cert_dir.is_some();
+        let device = conn::serve(
+            conn::Port {
+                name: "device",
+                listener: device_listener,
+                max_connections: budget.device,
+                settings: conn::Settings {
+                    tls: tls_config.map(conn::tls_acceptor),
+                    repair_request_lines: true,
+                    first_head_timeout: Duration::from_secs(30),
+                    request_timeout: config.limits.request_timeout(),
+                    keep_alive: Duration::from_secs(60),
+                    shutdown_grace_secs: SHUTDOWN_GRACE_SECS,
+                    tune: |_| {},
+                },
+            },
+            move || {
+                App::new()
+                    .app_data(device_state.clone())
+                    .wrap_fn(|mut req, srv| {
+                        device_api::rewrite_legacy_path(&mut req);
+                        srv.call(req)
+                    })
+                    .configure(device_api::routes)
+                    .default_service(web::to(not_found))
+            },
+        )?;
 
         let control_state = state.clone();
         let access = Access::new(config.cors_origin_list());
@@ -136,43 +144,36 @@ impl Application {
         let policy =
             web::Data::new(Policy::new(&config, keys).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?);
         let setup = web::Data::new(control_api::setup::Scanner::new(&config));
-        let control = HttpServer::new(move || {
-            let access = access.clone();
-            App::new()
-                .app_data(control_state.clone())
-                .app_data(policy.clone())
-                .app_data(setup.clone())
-                .wrap(actix_web::middleware::from_fn(control_api::access::authorize))
-                .wrap_fn(move |req, srv| auth::guard(&access, req, srv))
-                .configure(control_api::routes)
-                .default_service(web::to(not_found))
-        })
-        .workers(2)
-        .disable_signals()
-        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-        .h1_allow_half_closed(false)
-        .on_connect(|conn, _| {
-            // A fixed send buffer bounds what an event-stream client that stopped reading can
-            // hold in the kernel, so it falls behind its queue and is cut off (it resumes by id).
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let socket = socket2::SockRef::from(tcp);
-                let _ = socket.set_send_buffer_size(CONTROL_SEND_BUFFER);
-                // A peer that stops reading (zero window) is dropped by the kernel after this,
-                // which ends its event stream and frees its slot.
-                #[cfg(any(target_os = "linux", target_os = "android"))]
-                let _ = socket.set_tcp_user_timeout(Some(CONTROL_STALL_TIMEOUT));
-            }
-        })
-        .listen(control_listener)?;
+        let control = conn::serve(
+            conn::Port {
+                name: "control",
+                listener: control_listener,
+                max_connections: budget.control,
+                settings: conn::Settings {
+                    tls: None,
+                    repair_request_lines: false,
+                    first_head_timeout: Duration::from_secs(5),
+                    request_timeout: config.limits.request_timeout(),
+                    keep_alive: Duration::from_secs(5),
+                    shutdown_grace_secs: SHUTDOWN_GRACE_SECS,
+                    tune: tune_control_socket,
+                },
+            },
+            move || {
+                let access = access.clone();
+                App::new()
+                    .app_data(control_state.clone())
+                    .app_data(policy.clone())
+                    .app_data(setup.clone())
+                    .wrap(actix_web::middleware::from_fn(control_api::access::authorize))
+                    .wrap_fn(move |req, srv| auth::guard(&access, req, srv))
+                    .configure(control_api::routes)
+                    .default_service(web::to(not_found))
+            },
+        )?;
+        tracing::debug!(device = budget.device, control = budget.control, "connection limits");
 
-        Ok(Self {
-            device_addr,
-            control_addr,
-            device_server: device.run(),
-            control_server: control.run(),
-            state,
-            tls: is_tls,
-        })
+        Ok(Self { device_addr, control_addr, device_server: device, control_server: control, state, tls: is_tls })
     }
 
     pub fn device_addr(&self) -> SocketAddr {
@@ -285,4 +286,14 @@ fn counted_devices(config: &Config, store: &Store, pairing: &Pairing) -> Vec<Str
         );
     }
     counted
+}
+
+/// A fixed send buffer bounds what an event-stream client that stopped reading can hold in the
+/// kernel, so it falls behind its queue and is cut off (it resumes by id); a peer that stops
+/// reading altogether (zero window) is dropped by the kernel after a while, which frees its slot.
+fn tune_control_socket(tcp: &tokio::net::TcpStream) {
+    let socket = socket2::SockRef::from(tcp);
+    let _ = socket.set_send_buffer_size(CONTROL_SEND_BUFFER);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket.set_tcp_user_timeout(Some(CONTROL_STALL_TIMEOUT));
 }

@@ -2,9 +2,17 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// actix's HTTP/1 dispatcher logs every malformed request at ERROR; roost logs them itself at
+/// debug, with a rate-limited warning (see `conn`), unless `RUST_LOG` asks for actix's own.
+const QUIET_DISPATCHER: &str = "actix_http::h1::dispatcher=off";
+
 pub fn init(json: bool, debug: bool) {
     let default = if debug { "roost=debug,info" } else { "info,sqlx=warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(own) if own.contains("actix_http") => EnvFilter::new(own),
+        Ok(own) => EnvFilter::new(format!("{own},{QUIET_DISPATCHER}")),
+        Err(_) => EnvFilter::new(format!("{default},{QUIET_DISPATCHER}")),
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     let result = if json { builder.json().try_init() } else { builder.try_init() };
     let _ = result;

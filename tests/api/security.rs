@@ -265,3 +265,136 @@ async fn a_page_on_a_rebound_dns_name_cannot_read_or_command_without_a_key() {
     let (status, body) = send_from("127.0.0.1", port, &control_request("POST", "/command", &with_key, &command)).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// A raw connection to a port, for what a well-behaved client would never send.
+struct Raw(tokio::net::TcpStream);
+
+impl Raw {
+    async fn open(port: u16) -> Raw {
+        Raw(tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap())
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads until the server closes (or WAIT passes); returns the statuses of the responses.
+    async fn statuses_until_closed(&mut self) -> (Vec<u16>, String) {
+        use tokio::io::AsyncReadExt;
+        let mut raw = Vec::new();
+        tokio::time::timeout(WAIT, self.0.read_to_end(&mut raw)).await.expect("the server closes").unwrap();
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let statuses = text
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(i, _)| text[i + 9..].get(..3).and_then(|s| s.parse().ok()))
+            .collect();
+        (statuses, text)
+    }
+
+    /// Whether the server has closed its side, checked without waiting.
+    async fn closed_by_server(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(std::time::Duration::ZERO, self.0.read(&mut byte)).await, Ok(Ok(0)))
+    }
+}
+
+fn put_bytes(serial: &str, body: &str) -> String {
+    format!(
+        "POST /nest/transport/put HTTP/1.1\r\nHost: roost\r\nX-nl-device-id: {serial}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn a_malformed_pipelined_request_does_not_take_the_good_ones_before_it() {
+    let app = TestApp::start(&[]).await;
+    let mut raw = Raw::open(port_of(&app.device_url)).await;
+    let body = json!({"objects": [{"object_key": format!("device.{SERIAL}"), "value": {"pipelined": 1}}]}).to_string();
+    let mut bytes = put_bytes(SERIAL, &body);
+    bytes.push_str("GET /nest/ping HTTP/1.1\r\nHost: roost\r\n\r\n");
+    bytes.push_str("GET /nest/ping HTTP/1.1\r\nHost: roost\r\nThis is not a header\r\n\r\n");
+    raw.send(bytes.as_bytes()).await;
+    let (statuses, text) = raw.statuses_until_closed().await;
+    assert_eq!(statuses, [200, 200, 400], "{text}");
+    assert!(text.contains(r#""object_revision":1"#), "the PUT was answered: {text}");
+    let listing = app.listing_of(SERIAL).await;
+    assert_eq!(listing["objects"][0]["object_key"], format!("device.{SERIAL}"), "and applied");
+}
+
+#[tokio::test]
+async fn slow_requests_are_cut_and_upgrades_answered_at_once() {
+    let app = TestApp::start(&["--request-timeout-seconds=1"]).await;
+    let device = port_of(&app.device_url);
+    // A body sent a byte at a time (here: one byte, then nothing) is cut, with a 408.
+    let mut slow = Raw::open(device).await;
+    let head = format!(
+        "POST /nest/transport/put HTTP/1.1\r\nHost: roost\r\nX-nl-device-id: {SERIAL}\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    slow.send(head.as_bytes()).await;
+    let (statuses, text) = slow.statuses_until_closed().await;
+    assert_eq!(statuses, [408], "{text}");
+    // So is a slow head on a kept-alive connection (actix only times the first one).
+    let mut slow = Raw::open(device).await;
+    slow.send(b"GET /nest/ping HTTP/1.1\r\nHost: roost\r\n\r\nGET /nest/pi").await;
+    let (statuses, _) = slow.statuses_until_closed().await;
+    assert_eq!(statuses, [200]);
+    // `Upgrade: websocket` with a valid body is answered at once, on both ports.
+    for port in [device, app.control_port()] {
+        let mut upgrade = Raw::open(port).await;
+        upgrade
+            .send(b"POST /command HTTP/1.1\r\nHost: roost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            .await;
+        let (statuses, text) = upgrade.statuses_until_closed().await;
+        assert_eq!(statuses, [400], "{text}");
+        assert!(text.contains("Upgrade is not supported"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn an_unread_body_does_not_delay_the_close() {
+    let app = TestApp::start(&[]).await;
+    let mut raw = Raw::open(app.control_port()).await;
+    // Refused before the body is read (415), with most of the body still to come.
+    raw.send(
+        b"POST /command HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\nhello",
+    )
+    .await;
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 12];
+    raw.0.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 415");
+    let mut rest = vec![0u8; 4096];
+    let _ = raw.0.read(&mut rest).await.unwrap();
+    // Another request's round trip gives the server every chance; the first connection must be
+    // closed by then (actix used to keep it open, reading, for its 5 s disconnect timeout).
+    let health = app.control.send(&Request::get("/health")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(raw.closed_by_server().await, "the server closed after its answer");
+}
+
+#[tokio::test]
+async fn a_request_line_with_a_space_in_the_path_is_repaired_on_the_device_port() {
+    let app = TestApp::start(&[]).await;
+    app.booted(SERIAL).await;
+    // Firmware 4.x: the corrupted key reaches the path; repaired on every request of a
+    // kept-alive connection, bodies untouched.
+    let path = format!("/nest/transport/device/device.{SERIAL} ._sync");
+    let mut conn = app.device.connect().await.unwrap();
+    for _ in 0..2 {
+        let expected = app.listing_of(SERIAL).await;
+        let r = conn.roundtrip(&device_req("GET", &path, SERIAL)).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json().unwrap(), expected);
+        let body = json!({"objects": [{"object_key": "where.x", "value": {"name": "GET /a b HTTP/1.1"}}]});
+        let r = conn.roundtrip(&device_req("POST", "/nest/transport/put", SERIAL).json(&body)).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let stored = app.device.send(&device_req("GET", &path, SERIAL)).await.unwrap().json().unwrap();
+    assert!(stored.to_string().contains("where.x"));
+    // The control port has no such clients: the line is refused there, as the HTTP parser does.
+    let mut raw = Raw::open(app.control_port()).await;
+    raw.send(b"GET /api/devices x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+    assert_eq!(raw.statuses_until_closed().await.0, [400]);
+}

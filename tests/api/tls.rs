@@ -40,6 +40,11 @@ async fn the_device_port_serves_tls_1_2_and_1_3_with_the_certificates_in_cert_di
         app.command(SERIAL, "set_temperature", json!(20.5)).await;
         let chunk = conn.next_chunk_within(WAIT).await.unwrap().unwrap();
         assert_eq!(chunk_json(&chunk)["objects"][0]["value"]["target_temperature"], json!(20.5));
+        // Firmware 4.x's request line with a space in the path is repaired behind TLS too.
+        let path = format!("/nest/transport/device/device.{SERIAL} ._sync");
+        let r = client.send(&device_req("GET", &path, SERIAL)).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.json().unwrap()["objects"].as_array().is_some_and(|o| !o.is_empty()));
     }
 }
 

@@ -1,0 +1,275 @@
+//! The layer between a client's socket (after TLS) and actix's HTTP/1 dispatcher. It follows the
+//! request framing ([`Framing`]) and so can:
+//! - repair four-token request lines (device port);
+//! - end a request whose head and body do not arrive within the request timeout (actix times
+//!   only the first head): the dispatcher sees the end of the stream, answers what it can and
+//!   closes;
+//! - hold back a malformed head until every request before it has been answered, so a bad
+//!   request on a pipelined connection cannot take the good ones before it down with it (actix
+//!   drops requests in flight when its parser fails);
+//! - close properly: FIN at once when the dispatcher shuts the connection (actix would first
+//!   wait up to its disconnect timeout for the peer), then a short drain so unread request bytes
+//!   do not turn the close into a reset that loses the response.
+
+use std::cell::Cell;
+use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+use super::framing::{Framing, Step};
+
+/// How long a closing connection waits for the peer to close after our FIN, and how much of
+/// what it still sends is read and discarded meanwhile.
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// What [`Guarded`] shares with the rest of its connection: how many requests the service has
+/// answered (against the heads passed on), and what happened that the operator may want to count.
+#[derive(Default)]
+pub struct Shared {
+    answered: Cell<u64>,
+    waiting: Cell<Option<Waker>>,
+    incidents: Cell<Incidents>,
+}
+
+impl Shared {
+    /// Counts one request as answered when dropped (with its response body, once sent).
+    pub fn on_drop(self: &Rc<Self>) -> AnsweredOnDrop {
+        AnsweredOnDrop(self.clone())
+    }
+
+    fn answered(&self) -> u64 {
+        self.answered.get()
+    }
+
+    pub fn incidents(&self) -> Incidents {
+        self.incidents.get()
+    }
+
+    fn note(&self, change: impl FnOnce(&mut Incidents)) {
+        let mut incidents = self.incidents.get();
+        change(&mut incidents);
+        self.incidents.set(incidents);
+    }
+}
+
+pub struct AnsweredOnDrop(Rc<Shared>);
+
+impl Drop for AnsweredOnDrop {
+    fn drop(&mut self) {
+        self.0.answered.set(self.0.answered.get() + 1);
+        if let Some(waker) = self.0.waiting.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// What happened to a connection that the operator may want to count.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Incidents {
+    /// A malformed head arrived (its reason).
+    pub malformed: Option<&'static str>,
+    /// A request did not fully arrive in time.
+    pub timed_out: bool,
+}
+
+struct Closing {
+    deadline: Pin<Box<Sleep>>,
+    fin_sent: bool,
+    drained: usize,
+}
+
+pub struct Guarded<T> {
+    io: T,
+    framing: Framing,
+    /// Read from the socket, not yet passed on (a partial head, or a withheld malformed one).
+    inbound: BytesMut,
+    /// Passed on, not yet read by the dispatcher.
+    outbound: BytesMut,
+    /// Requests passed on before a withheld malformed head.
+    withheld_after: Option<u64>,
+    shared: Rc<Shared>,
+    timeout: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// The dispatcher is shown the end of the stream (the peer closed, or the request timed out).
+    ended: bool,
+    closing: Option<Closing>,
+}
+
+impl<T> Guarded<T> {
+    pub fn new(io: T, repair_lines: bool, timeout: Duration) -> Self {
+        Self {
+            io,
+            framing: Framing::new(repair_lines),
+            inbound: BytesMut::new(),
+            outbound: BytesMut::new(),
+            withheld_after: None,
+            shared: Rc::default(),
+            timeout,
+            deadline: None,
+            ended: false,
+            closing: None,
+        }
+    }
+
+    pub fn shared(&self) -> Rc<Shared> {
+        self.shared.clone()
+    }
+}
+
+impl<T: AsyncRead + Unpin> Guarded<T> {
+    /// Frames what arrived: complete parts move to `outbound`; a malformed head is held back
+    /// while requests before it are unanswered.
+    fn frame(&mut self) {
+        while self.withheld_after.is_none() {
+            match self.framing.step(&mut self.inbound) {
+                Step::Forward(n) => {
+                    let part = self.inbound.split_to(n);
+                    self.outbound.extend_from_slice(&part);
+                }
+                Step::NeedMore => break,
+                Step::Malformed(reason) => {
+                    self.shared.note(|i| i.malformed = Some(reason));
+                    self.framing.give_up();
+                    self.withheld_after = Some(self.framing.heads());
+                }
+            }
+        }
+    }
+
+    /// Releases a withheld malformed head once every request before it was answered; the
+    /// dispatcher then refuses it (400) and closes.
+    fn release(&mut self, cx: &Context<'_>) {
+        let Some(before) = self.withheld_after else { return };
+        if self.shared.answered() >= before {
+            self.withheld_after = None;
+            let rest = self.inbound.split();
+            self.outbound.extend_from_slice(&rest);
+        } else {
+            self.shared.waiting.set(Some(cx.waker().clone()));
+        }
+    }
+
+    /// Runs the request timer while a request is partly here; true once it has run out.
+    fn timed_out(&mut self, cx: &mut Context<'_>) -> bool {
+        let partial = self.framing.mid_request(&self.inbound) || self.withheld_after.is_some();
+        if !partial {
+            self.deadline = None;
+            return false;
+        }
+        let timeout = self.timeout;
+        let deadline = self.deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if !this.outbound.is_empty() {
+                let n = this.outbound.len().min(buf.remaining());
+                buf.put_slice(&this.outbound.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            if this.ended {
+                return Poll::Ready(Ok(()));
+            }
+            this.release(cx);
+            if !this.outbound.is_empty() {
+                continue;
+            }
+            if this.timed_out(cx) {
+                tracing::debug!(timeout = ?this.timeout, "a request did not arrive in time; ending the connection");
+                this.shared.note(|i| i.timed_out = true);
+                this.ended = true;
+                continue;
+            }
+            if this.withheld_after.is_some() && this.inbound.len() >= LINGER_BYTES {
+                // Waiting for answers; what a peer sends meanwhile waits in the kernel.
+                return Poll::Pending;
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                    // The peer closed: pass on whatever arrived, then the end.
+                    let rest = this.inbound.split();
+                    this.outbound.extend_from_slice(&rest);
+                    this.withheld_after = None;
+                    this.ended = true;
+                }
+                Poll::Ready(Ok(())) => {
+                    this.inbound.extend_from_slice(read.filled());
+                    this.frame();
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    /// FIN (TLS close_notify first) at once, then up to [`LINGER`] reading and discarding what
+    /// the peer still sends, so the close does not reset the connection before it read the
+    /// response.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let closing = this.closing.get_or_insert_with(|| Closing {
+            deadline: Box::pin(tokio::time::sleep_until(Instant::now() + LINGER)),
+            fin_sent: false,
+            drained: 0,
+        });
+        if closing.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
+        if !closing.fin_sent {
+            match Pin::new(&mut this.io).poll_shutdown(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => closing.fin_sent = true,
+            }
+        }
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            if closing.drained >= LINGER_BYTES {
+                return Poll::Ready(Ok(()));
+            }
+            let mut read = ReadBuf::new(&mut chunk);
+            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) if !read.filled().is_empty() => closing.drained += read.filled().len(),
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}

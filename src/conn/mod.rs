@@ -1,0 +1,311 @@
+//! The accept path of both ports. roost owns each connection instead of handing the listener
+//! to actix-web's `HttpServer`: actix-server accepts at most `max_connections` per port (the
+//! rest wait in the kernel's backlog, costing no file descriptor), TLS is terminated here, and
+//! [`Guarded`] sits between the socket and actix's HTTP/1 dispatcher (see its module for what
+//! it adds). Each request is answered by the port's actix-web `App`; the answer is counted when
+//! its response body is done, which is what lets a malformed pipelined request wait its turn.
+//! `Upgrade: websocket` and `CONNECT` requests are refused at once (actix would otherwise read
+//! their body until the connection closes).
+
+mod framing;
+mod guarded;
+mod request_line;
+
+use std::error::Error as StdError;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use actix_http::body::{BodySize, BoxBody, MessageBody};
+use actix_http::h1::Codec;
+use actix_http::{HttpService, Request, Response};
+use actix_server::Server;
+use actix_service::{
+    IntoServiceFactory, Service, ServiceFactory, apply_fn_factory, fn_factory, fn_service, map_config,
+};
+use actix_web::dev::AppConfig;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+pub use guarded::{Guarded, Shared};
+
+/// Worker threads per port.
+const WORKERS: usize = 2;
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// At most one warning about malformed or timed-out requests per this interval.
+const SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+/// How one port accepts and treats its connections.
+pub struct Port {
+    pub name: &'static str,
+    pub listener: std::net::TcpListener,
+    pub max_connections: usize,
+    pub settings: Settings,
+}
+
+#[derive(Clone)]
+pub struct Settings {
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Repair four-token request lines (the device port, for firmware 4.x).
+    pub repair_request_lines: bool,
+    /// Time a new connection has to send its first request head (later ones are timed by
+    /// [`Guarded`] with `request_timeout`).
+    pub first_head_timeout: Duration,
+    /// Longest a request's head and body may take to arrive.
+    pub request_timeout: Duration,
+    pub keep_alive: Duration,
+    pub shutdown_grace_secs: u64,
+    /// Socket options for each accepted connection.
+    pub tune: fn(&TcpStream),
+}
+
+/// Serves `app` on `port`.
+pub fn serve<F, I, S, B>(port: Port, app: F) -> std::io::Result<Server>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig, Error = actix_web::Error, InitError = ()> + 'static,
+    S::Response: Into<Response<B>> + 'static,
+    S::Service: 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let Port { name, listener, max_connections, settings } = port;
+    let builder = Server::build()
+        .workers(WORKERS)
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_grace_secs)
+        .max_concurrent_connections(max_connections.div_ceil(WORKERS).max(1));
+    let draining = builder.graceful_shutdown_signal();
+    let builder = builder.listen(name, listener, move || {
+        let settings = settings.clone();
+        let draining = draining.clone();
+        let app = apply_fn_factory(map_config(app(), |_: ()| AppConfig::default()), answer::<S::Service, B>);
+        let h1 = HttpService::<Guarded<Stream>, _, _>::build()
+            .keep_alive(settings.keep_alive)
+            .client_request_timeout(settings.first_head_timeout)
+            // Guarded closes properly (FIN at once, then a short drain); actix's own linger
+            // would keep the FIN back for its whole disconnect timeout.
+            .client_disconnect_timeout(Duration::ZERO)
+            .h1_allow_half_closed(false)
+            .graceful_shutdown_signal(move || {
+                let draining = draining.clone();
+                async move { draining.notified().await }
+            })
+            .on_connect_ext(|io: &Guarded<Stream>, data: &mut actix_http::Extensions| {
+                data.insert(io.shared());
+            })
+            .upgrade(fn_service(refuse_upgrade))
+            .h1(app);
+        fn_factory(move || {
+            let h1 = h1.new_service(());
+            let settings = settings.clone();
+            async move {
+                let h1 = Rc::new(h1.await?);
+                Ok::<_, ()>(fn_service(move |tcp: TcpStream| connection(tcp, h1.clone(), settings.clone())))
+            }
+        })
+    })?;
+    Ok(builder.run())
+}
+
+/// One accepted connection, from TLS to the end of its last request.
+async fn connection<H>(tcp: TcpStream, h1: Rc<H>, settings: Settings) -> Result<(), ()>
+where
+    H: Service<(Guarded<Stream>, Option<SocketAddr>), Response = (), Error = actix_http::error::DispatchError>,
+{
+    (settings.tune)(&tcp);
+    let peer = tcp.peer_addr().ok();
+    let stream = match &settings.tls {
+        None => Stream::Plain(tcp),
+        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                return Ok(());
+            }
+            Err(_) => {
+                tracing::debug!(?peer, "TLS handshake timed out");
+                return Ok(());
+            }
+        },
+    };
+    let io = Guarded::new(stream, settings.repair_request_lines, settings.request_timeout);
+    let shared = io.shared();
+    let result = h1.call((io, peer)).await;
+    let incidents = shared.incidents();
+    let malformed = incidents.malformed.map(String::from).or_else(|| match &result {
+        Err(actix_http::error::DispatchError::Parse(e)) => Some(e.to_string()),
+        _ => None,
+    });
+    if let Some(reason) = &malformed {
+        tracing::debug!(?peer, %reason, "malformed request refused");
+    }
+    if let Err(e) = &result {
+        tracing::debug!(?peer, error = %e, "connection ended with an error");
+    }
+    NOISE.count(malformed.is_some(), incidents.timed_out);
+    Ok(())
+}
+
+/// Counts the answer to one request: done when its response body is (sent or dropped).
+fn answer<S, B>(
+    req: Request,
+    app: &S,
+) -> impl std::future::Future<Output = Result<Response<BoxBody>, actix_web::Error>> + use<S, B>
+where
+    S: Service<Request, Error = actix_web::Error>,
+    S::Response: Into<Response<B>>,
+    S::Future: 'static,
+    B: MessageBody + 'static,
+{
+    let done = req.conn_data::<Rc<Shared>>().map(Shared::on_drop);
+    let call = app.call(req);
+    async move {
+        let response: Response<BoxBody> = match call.await {
+            Ok(r) => r.into().map_into_boxed_body(),
+            Err(e) => e.error_response().into(),
+        };
+        Ok(response.map_body(|_, body| BoxBody::new(Answered { body, _done: done })))
+    }
+}
+
+struct Answered {
+    body: BoxBody,
+    _done: Option<guarded::AnsweredOnDrop>,
+}
+
+impl MessageBody for Answered {
+    type Error = Box<dyn StdError>;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_next(cx)
+    }
+}
+
+/// `Upgrade: websocket` or `CONNECT`: neither port speaks anything but HTTP, so the answer is
+/// a 400 at once and the connection closes.
+async fn refuse_upgrade(
+    (_, framed): (Request, actix_codec::Framed<Guarded<Stream>, Codec>),
+) -> Result<(), actix_web::Error> {
+    let body = br#"{"error":"Upgrade is not supported"}"#;
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let mut io = framed.into_parts().io;
+    let written = async {
+        io.write_all(head.as_bytes()).await?;
+        io.write_all(body).await?;
+        io.shutdown().await
+    };
+    if let Err(e) = written.await {
+        tracing::debug!(error = %e, "could not refuse an upgrade");
+    }
+    NOISE.count(true, false);
+    Ok(())
+}
+
+/// Counts malformed and timed-out requests; warns at most once per [`SUMMARY_EVERY`] (each is
+/// logged at debug), so a fuzzer or a broken client cannot flood the log.
+struct Noise {
+    malformed: AtomicU64,
+    timed_out: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+static NOISE: Noise =
+    Noise { malformed: AtomicU64::new(0), timed_out: AtomicU64::new(0), last_warning: Mutex::new(None) };
+
+impl Noise {
+    fn count(&self, malformed: bool, timed_out: bool) {
+        if !malformed && !timed_out {
+            return;
+        }
+        self.malformed.fetch_add(u64::from(malformed), Ordering::Relaxed);
+        self.timed_out.fetch_add(u64::from(timed_out), Ordering::Relaxed);
+        let Ok(mut last) = self.last_warning.lock() else { return };
+        if last.is_some_and(|at| at.elapsed() < SUMMARY_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let malformed = self.malformed.swap(0, Ordering::Relaxed);
+        let timed_out = self.timed_out.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            malformed,
+            timed_out,
+            "refused malformed requests and requests that did not arrive in time (each is logged at debug; this summary at most once a minute)"
+        );
+    }
+}
+
+/// A connection's stream: plain TCP or TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The TLS acceptor for a server configuration (HTTP/1.1 only).
+pub fn tls_acceptor(config: rustls::ServerConfig) -> tokio_rustls::TlsAcceptor {
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
