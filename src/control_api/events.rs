@@ -331,8 +331,8 @@ async fn replay(state: &AppState, after: i64) -> Result<Result<Vec<StreamEvent>,
     let (min, max): (Option<i64>, Option<i64>) =
         sqlx::query_as("SELECT MIN(id), MAX(id) FROM roost_changes").fetch_one(pool).await?;
     let max = max.unwrap_or(0);
-    let too_old = min.is_some_and(|min| after < min - 1);
-    if too_old || after > max || max - after > MAX_REPLAY {
+    let too_old = min.is_some_and(|min| after < min.saturating_sub(1));
+    if too_old || after > max || max.saturating_sub(after) > MAX_REPLAY {
         return Ok(Err(max));
     }
     let rows: Vec<JournalRow> = sqlx::query_as(

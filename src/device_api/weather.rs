@@ -21,23 +21,55 @@ use crate::http_client::{Client, Request};
 /// The device gives up on a non-chunked reply after about 7 s.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The location a request asks about: `?query=<zip>,<country>` as the firmware sends it, or
-/// the reference's `postal_code` / `country` parameters.
-fn location(req: &HttpRequest) -> (String, String) {
+/// Locations kept in the cache (a home has one; a stranger inventing postal codes must not grow
+/// the table without end). The least recently fetched go first.
+const MAX_LOCATIONS: i64 = 500;
+
+/// The location a request asks about, normalised (`07719, us` and `07719,US` are one place):
+/// `?query=<zip>,<country>` as the firmware sends it, or the reference's `postal_code` /
+/// `country` parameters. Also returns the `query` text as sent, which keys the answer.
+fn location(req: &HttpRequest) -> (String, String, Option<String>) {
     match query_param(req, "query") {
-        Some(q) => match q.split_once(',') {
-            Some((p, c)) => (p.trim().to_string(), c.trim().to_string()),
-            None => (q.trim().to_string(), String::new()),
-        },
+        Some(q) => {
+            let (postal, country) = q.split_once(',').unwrap_or((q.as_str(), ""));
+            (postal_code(postal), country_code(country), Some(q))
+        }
         None => (
-            query_param(req, "postal_code").unwrap_or_else(|| "ip".into()),
-            query_param(req, "country").unwrap_or_else(|| "auto".into()),
+            query_param(req, "postal_code").map(|p| postal_code(&p)).unwrap_or_default(),
+            query_param(req, "country").map(|c| country_code(&c)).unwrap_or_default(),
+            None,
         ),
     }
 }
 
+/// Upper case letters and digits, single spaces and dashes, at most 12 characters.
+fn postal_code(raw: &str) -> String {
+    let kept: String = raw
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == ' ' || *c == '-')
+        .collect::<String>()
+        .to_ascii_uppercase();
+    kept.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(12).collect()
+}
+
+fn country_code(raw: &str) -> String {
+    raw.chars().filter(char::is_ascii_alphabetic).take(4).collect::<String>().to_ascii_uppercase()
+}
+
+/// The cached answer keyed by the query the device sent (the upstream keys it by the query it
+/// was asked, the normalised one; the device looks its own up).
+fn answer(data: Value, asked: Option<&str>) -> Value {
+    match (data, asked) {
+        (Value::Object(map), Some(asked)) if map.len() == 1 => {
+            let value = map.into_iter().next().map(|(_, v)| v).unwrap_or(Value::Null);
+            serde_json::json!({ asked: value })
+        }
+        (data, _) => data,
+    }
+}
+
 pub async fn weather(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (postal, country) = location(&req);
+    let (postal, country, asked) = location(&req);
     let pool = state.store.pool();
     let cached: Option<(i64, Option<String>)> =
         sqlx::query_as("SELECT \"fetchedAt\", data FROM weather WHERE \"postalCode\" = ? AND country = ?")
@@ -48,10 +80,16 @@ pub async fn weather(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     let cached = cached.and_then(|(at, data)| Some((at, serde_json::from_str::<Value>(&data?).ok()?)));
     if let Some((at, data)) = &cached {
         if now_ms() - at < state.config.weather_cache_ttl_ms as i64 {
-            return Ok(HttpResponse::Ok().json(data));
+            return Ok(HttpResponse::Ok().json(answer(data.clone(), asked.as_deref())));
         }
     }
-    match fetch(&state.config.weather_upstream_url, req.query_string()).await {
+    // Only the normalised location goes upstream, never whatever else the query string held.
+    let upstream_query = match (postal.is_empty(), country.is_empty()) {
+        (true, true) if asked.is_none() => String::new(),
+        (_, true) => format!("query={}", encode(&postal)),
+        _ => format!("query={},{}", encode(&postal), encode(&country)),
+    };
+    match fetch(&state.config.weather_upstream_url, &upstream_query).await {
         Ok(data) => {
             sqlx::query(
                 "INSERT INTO weather (\"postalCode\", country, \"fetchedAt\", data) VALUES (?, ?, ?, ?)
@@ -63,16 +101,26 @@ pub async fn weather(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
             .bind(data.to_string())
             .execute(pool)
             .await?;
-            Ok(HttpResponse::Ok().json(data))
+            sqlx::query(
+                "DELETE FROM weather WHERE rowid NOT IN (SELECT rowid FROM weather ORDER BY \"fetchedAt\" DESC LIMIT ?)",
+            )
+            .bind(MAX_LOCATIONS)
+            .execute(pool)
+            .await?;
+            Ok(HttpResponse::Ok().json(answer(data, asked.as_deref())))
         }
         Err(e) => {
             tracing::warn!(error = %e, postal = %postal, "weather upstream unavailable");
             match cached {
-                Some((_, stale)) => Ok(HttpResponse::Ok().json(stale)),
+                Some((_, stale)) => Ok(HttpResponse::Ok().json(answer(stale, asked.as_deref()))),
                 None => Err(ApiError::new(StatusCode::BAD_GATEWAY, "Weather service unavailable")),
             }
         }
     }
+}
+
+fn encode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 async fn fetch(upstream: &str, query: &str) -> std::io::Result<Value> {
@@ -150,7 +198,26 @@ impl ServerCertVerifier for AnyServer {
 
 #[cfg(test)]
 mod tests {
-    use super::split_url;
+    use super::{answer, country_code, postal_code, split_url};
+    use serde_json::json;
+
+    #[test]
+    fn locations_are_normalised() {
+        assert_eq!(postal_code(" 07719 "), "07719");
+        assert_eq!(postal_code("sw1a   1aa"), "SW1A 1AA");
+        assert_eq!(postal_code("<script>0771999999999999"), "SCRIPT077199");
+        assert_eq!(country_code(" us"), "US");
+        assert_eq!(country_code("u.s.!"), "US");
+    }
+
+    #[test]
+    fn the_answer_is_keyed_by_what_the_device_asked() {
+        let cached = json!({"07719,US": {"current": {"temp_c": 10.6}}});
+        assert_eq!(answer(cached.clone(), Some("07719,us")), json!({"07719,us": {"current": {"temp_c": 10.6}}}));
+        assert_eq!(answer(cached.clone(), None), cached);
+        let odd = json!({"a": 1, "b": 2});
+        assert_eq!(answer(odd.clone(), Some("x")), odd);
+    }
 
     #[test]
     fn urls_split_into_origin_and_path() {

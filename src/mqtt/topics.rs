@@ -309,14 +309,15 @@ pub fn ha_state(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, S
         put("filter_runtime_days", format!("{:.1}", sec / 86_400.0));
     }
     if let Some(t) = view.d("time_to_target").and_then(Value::as_i64).filter(|t| *t != 0) {
-        put("time_to_target", ((t - view.now_s).max(0) / 60).to_string());
+        put("time_to_target", (t.saturating_sub(view.now_s).max(0) / 60).to_string());
     }
     for name in ["compressor_lockout_timeout", "local_ip"] {
         if let Some(v) = view.d(name) {
             put(name, payload(v));
         }
     }
-    let remaining = view.d("fan_timer_timeout").and_then(Value::as_i64).map_or(0, |t| ((t - view.now_s).max(0)) / 60);
+    let remaining =
+        view.d("fan_timer_timeout").and_then(Value::as_i64).map_or(0, |t| t.saturating_sub(view.now_s).max(0) / 60);
     put("fan_timer_remaining", remaining.to_string());
     put("fan_duration", view.d("fan_timer_duration_minutes").map_or_else(|| "60".into(), payload));
     out

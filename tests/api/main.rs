@@ -6,6 +6,7 @@ mod bad_input;
 mod commands;
 mod control;
 mod events;
+mod exhaustion;
 mod helpers;
 mod history;
 mod mqtt;

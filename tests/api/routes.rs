@@ -121,6 +121,36 @@ async fn weather_is_proxied_and_cached_per_location() {
 }
 
 #[tokio::test]
+async fn weather_is_cached_per_normalised_location_and_the_cache_is_bounded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (url, hits, _upstream) = fake_weather().await;
+    let app = TestApp::start_in(tmp.path().to_path_buf(), &[&format!("--weather-upstream-url={url}")]).await;
+    // One place, spelled five ways: one upstream fetch, each answer keyed as the device asked.
+    for (query, key) in [
+        ("07719,US", "07719,US"),
+        ("07719,us", "07719,us"),
+        ("%2007719%20,%20US", " 07719 , US"),
+        ("07719,US&junk=1", "07719,US"),
+        ("07719,U.S.", "07719,U.S."),
+    ] {
+        let r = app.device.send(&Request::get(&format!("/nest/weather/v1?query={query}"))).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json().unwrap()[key]["current"]["temp_c"], json!(10.6), "{query}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // Made-up locations cannot grow the cache without end.
+    for i in 0..510 {
+        let r = app.device.send(&Request::get(&format!("/nest/weather/v1?query={i:05},US"))).await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    use sqlx::Connection;
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(tmp.path().join("roost.sqlite"));
+    let mut db = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM weather").fetch_one(&mut db).await.unwrap();
+    assert_eq!(rows, 500);
+}
+
+#[tokio::test]
 async fn stale_weather_when_the_upstream_is_down_and_the_reference_502_without_any() {
     let tmp = tempfile::tempdir().unwrap();
     let (url, _hits, upstream) = fake_weather().await;

@@ -398,3 +398,38 @@ async fn a_request_line_with_a_space_in_the_path_is_repaired_on_the_device_port(
     raw.send(b"GET /api/devices x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
     assert_eq!(raw.statuses_until_closed().await.0, [400]);
 }
+
+#[tokio::test]
+async fn extreme_numbers_from_a_thermostat_or_a_client_overflow_nothing() {
+    // A resume id far below every event id, on a journal that is still empty.
+    let app = TestApp::start(&[]).await;
+    let mut conn = app.control.connect().await.unwrap();
+    conn.send_request(&Request::get("/api/events").header("Last-Event-ID", i64::MIN.to_string())).await.unwrap();
+    let head = tokio::time::timeout(WAIT, conn.read_head()).await.expect("a head").expect("an answer");
+    assert_eq!(head.status, 200);
+
+    // A thermostat reporting i64::MIN timers: MQTT keeps publishing.
+    let broker = crate::mqtt_support::Broker::rumqttd(None).await;
+    let rec = crate::mqtt_support::Recorder::connect(broker.port, None).await;
+    let port = format!("--mqtt-port={}", broker.port);
+    let app = TestApp::start(&["--mqtt-host=127.0.0.1", &port]).await;
+    let t = app.booted(SERIAL).await;
+    t.set_local("device", json!({"fan_timer_timeout": i64::MIN, "time_to_target": i64::MIN})).await.unwrap();
+    t.set_local("shared", json!({"current_temperature": 18.25})).await.unwrap();
+    rec.wait_payload(&format!("nolongerevil/{SERIAL}/shared/current_temperature"), "18.25").await;
+}
+
+#[tokio::test]
+async fn a_setting_that_would_panic_later_stops_start_up_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = format!("--sqlite3-db-path={}", tmp.path().join("db.sqlite").display());
+    for (flag, name) in [
+        ("--sse-keepalive-seconds=1e19", "SSE_KEEPALIVE_SECONDS"),
+        ("--availability-timeout-seconds=1e300", "AVAILABILITY_TIMEOUT_SECONDS"),
+        ("--history-days=1e300", "HISTORY_DAYS"),
+    ] {
+        let config = roost::config::from_args(["--server-port=0", "--control-port=0", db.as_str(), flag]).unwrap();
+        let err = roost::Application::build(config).await.err().expect("start-up fails");
+        assert!(err.to_string().contains(name), "{flag}: {err}");
+    }
+}
