@@ -5,7 +5,6 @@
 //! what actix would refuse.
 
 use actix_web::http::{Method, Uri};
-use bytes::BytesMut;
 
 use super::request_line;
 
@@ -16,7 +15,7 @@ const MAX_HEADERS: usize = 96;
 /// Longest chunk-size or trailer line followed.
 const MAX_LINE: usize = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// The first `n` bytes of the input are complete (part of) a request: pass them on.
     Forward(usize),
@@ -25,6 +24,9 @@ pub enum Step {
     /// The head at the front of the input would be refused; the reason. Nothing after it can
     /// be followed.
     Malformed(&'static str),
+    /// The request line at the front (its first `len` bytes, line ending excluded) must be
+    /// replaced with `with` before the parser sees it; then step again.
+    Rewrite { len: usize, with: Vec<u8> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,8 +73,8 @@ impl Framing {
         self.state = State::Opaque;
     }
 
-    /// Advances over `input` (bytes not yet passed on), repairing a request line in place.
-    pub fn step(&mut self, input: &mut BytesMut) -> Step {
+    /// Advances over `input` (bytes not yet passed on).
+    pub fn step(&mut self, input: &[u8]) -> Step {
         if input.is_empty() {
             return Step::NeedMore;
         }
@@ -125,22 +127,25 @@ impl Framing {
         }
     }
 
-    fn opaque(&mut self, input: &BytesMut) -> Step {
+    fn opaque(&mut self, input: &[u8]) -> Step {
         self.state = State::Opaque;
         Step::Forward(input.len())
     }
 
-    fn head(&mut self, input: &mut BytesMut) -> Step {
+    fn head(&mut self, input: &[u8]) -> Step {
         let blank = input.iter().take_while(|b| matches!(b, b'\r' | b'\n')).count();
         if blank > 0 {
             return Step::Forward(blank);
         }
         if self.repair_lines {
             // The parser would refuse a four-token line before its end: wait for all of it.
-            if line(input).is_none() {
+            let Some(len) = line(input) else {
                 return if input.len() > MAX_HEAD { self.opaque(input) } else { Step::NeedMore };
+            };
+            let len = len - if input[..len].ends_with(b"\r\n") { 2 } else { 1 };
+            if let Some(with) = request_line::repair(&input[..len]) {
+                return Step::Rewrite { len, with };
             }
-            repair_first_line(input);
         }
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
@@ -165,17 +170,6 @@ impl Framing {
 /// The length of the first line of `input`, line ending included, if it is complete.
 fn line(input: &[u8]) -> Option<usize> {
     input.iter().position(|b| *b == b'\n').map(|i| i + 1)
-}
-
-fn repair_first_line(input: &mut BytesMut) {
-    let Some(len) = line(input) else { return };
-    let ending = if input[..len].ends_with(b"\r\n") { 2 } else { 1 };
-    if let Some(fixed) = request_line::repair(&input[..len - ending]) {
-        let rest = input.split_off(len - ending);
-        input.clear();
-        input.extend_from_slice(&fixed);
-        input.unsplit(rest);
-    }
 }
 
 /// What follows a well-formed head, with the checks actix's parser makes.
@@ -234,15 +228,16 @@ mod tests {
 
     /// Feeds `input` in pieces of `piece` bytes; returns what was passed on and the last step.
     fn run(framing: &mut Framing, input: &[u8], piece: usize) -> (Vec<u8>, Step) {
-        let mut pending = BytesMut::new();
+        let mut pending: Vec<u8> = Vec::new();
         let mut out = Vec::new();
         let mut last = Step::NeedMore;
         for chunk in input.chunks(piece.max(1)) {
             pending.extend_from_slice(chunk);
             loop {
-                last = framing.step(&mut pending);
-                match last {
-                    Step::Forward(n) => out.extend_from_slice(&pending.split_to(n)),
+                last = framing.step(&pending);
+                match &last {
+                    Step::Forward(n) => out.extend(pending.drain(..*n)),
+                    Step::Rewrite { len, with } => drop(pending.splice(..*len, with.iter().copied())),
                     _ => break,
                 }
             }
@@ -279,7 +274,7 @@ POST /x HTTP/1.1\r\nHost: r\r\nTransfer-Encoding: chunked\r\n\r\n3;ext\r\nabc\r\
         assert!(f.mid_request(b""), "eight body bytes are missing");
         let mut f = Framing::new(false);
         assert!(!f.mid_request(b"\r\n"));
-        assert_eq!(f.step(&mut BytesMut::from(&b"GET / HT"[..])), Step::NeedMore);
+        assert_eq!(f.step(b"GET / HT"), Step::NeedMore);
         assert!(f.mid_request(b"GET / HT"), "a partial head");
     }
 

@@ -28,8 +28,8 @@ use super::framing::{Framing, Step};
 /// what it still sends is read and discarded meanwhile.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
-/// Bytes read from the socket at a time.
-const READ_CHUNK: usize = 8 * 1024;
+/// Room made for each read from the socket (a request head and small body fit).
+const READ_CHUNK: usize = 4 * 1024;
 
 /// What [`Guarded`] shares with the rest of its connection: how many requests the service has
 /// answered (against the heads passed on), and what happened that the operator may want to count.
@@ -130,12 +130,24 @@ impl<T: AsyncRead + Unpin> Guarded<T> {
     /// while requests before it are unanswered.
     fn frame(&mut self) {
         while self.withheld_after.is_none() {
-            match self.framing.step(&mut self.inbound) {
+            match self.framing.step(&self.inbound) {
                 Step::Forward(n) => {
                     let part = self.inbound.split_to(n);
                     self.outbound.extend_from_slice(&part);
                 }
-                Step::NeedMore => break,
+                Step::Rewrite { len, with } => {
+                    let rest = self.inbound.split_off(len);
+                    self.inbound.clear();
+                    self.inbound.extend_from_slice(&with);
+                    self.inbound.unsplit(rest);
+                }
+                Step::NeedMore => {
+                    if self.inbound.is_empty() {
+                        // An idle connection (a held subscribe) keeps no buffer.
+                        self.inbound = BytesMut::new();
+                    }
+                    break;
+                }
                 Step::Malformed(reason) => {
                     self.shared.note(|i| i.malformed = Some(reason));
                     self.framing.give_up();
@@ -178,6 +190,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             if !this.outbound.is_empty() {
                 let n = this.outbound.len().min(buf.remaining());
                 buf.put_slice(&this.outbound.split_to(n));
+                if this.outbound.is_empty() {
+                    // An idle connection (a held subscribe) keeps no buffer.
+                    this.outbound = BytesMut::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if this.ended {
@@ -193,28 +209,67 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
                 this.ended = true;
                 continue;
             }
+            if this.inbound.is_empty() && this.withheld_after.is_none() {
+                return this.read_through(cx, buf);
+            }
             if this.withheld_after.is_some() && this.inbound.len() >= LINGER_BYTES {
                 // Waiting for answers; what a peer sends meanwhile waits in the kernel.
                 return Poll::Pending;
             }
-            let mut chunk = [0u8; READ_CHUNK];
-            let mut read = ReadBuf::new(&mut chunk);
-            match Pin::new(&mut this.io).poll_read(cx, &mut read) {
+            this.inbound.reserve(READ_CHUNK);
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.io), cx, &mut this.inbound) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) if read.filled().is_empty() => {
+                Poll::Ready(Ok(0)) => {
                     // The peer closed: pass on whatever arrived, then the end.
                     let rest = this.inbound.split();
                     this.outbound.extend_from_slice(&rest);
                     this.withheld_after = None;
                     this.ended = true;
                 }
-                Poll::Ready(Ok(())) => {
-                    this.inbound.extend_from_slice(read.filled());
-                    this.frame();
-                }
+                Poll::Ready(Ok(_)) => this.frame(),
             }
         }
+    }
+}
+
+impl<T: AsyncRead + Unpin> Guarded<T> {
+    /// The usual case, without a copy: reads straight into the dispatcher's buffer and follows
+    /// the framing there. What cannot pass as it is (a partial head, a line to repair, a
+    /// malformed head) is taken back into `inbound` for [`Guarded::frame`].
+    fn read_through(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let start = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(())) => {}
+        }
+        let end = buf.filled().len();
+        if end == start {
+            self.ended = true;
+            return Poll::Ready(Ok(()));
+        }
+        let mut passed = start;
+        while passed < end {
+            match self.framing.step(&buf.filled()[passed..end]) {
+                Step::Forward(n) => passed += n,
+                _ => break,
+            }
+        }
+        if passed < end {
+            self.inbound.extend_from_slice(&buf.filled()[passed..end]);
+            buf.set_filled(passed);
+            self.frame();
+        }
+        if passed == start {
+            // Nothing could pass yet: the dispatcher must not take this for the end.
+            return self.poll_read_again(cx, buf);
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_read_again(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(self).poll_read(cx, buf)
     }
 }
 
@@ -259,7 +314,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
                 Poll::Ready(Ok(())) => closing.fin_sent = true,
             }
         }
-        let mut chunk = [0u8; READ_CHUNK];
+        let mut chunk = [0u8; 1024];
         loop {
             if closing.drained >= LINGER_BYTES {
                 return Poll::Ready(Ok(()));
@@ -271,5 +326,65 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
                 Poll::Ready(_) => return Poll::Ready(Ok(())),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads what the dispatcher would see until the stream pauses (nothing more is ready).
+    async fn readable(io: &mut Guarded<tokio::io::DuplexStream>) -> Vec<u8> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 64];
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), io.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn requests_pass_in_any_pieces_with_their_lines_repaired() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = Guarded::new(server, true, Duration::from_secs(60));
+        let sent = b"GET /d/device.S ._sync HTTP/1.1\r\nHost: r\r\n\r\nPOST /p HTTP/1.1\r\nHost: r\r\nContent-Length: 3\r\n\r\nabc";
+        let writer = tokio::spawn(async move {
+            for byte in sent {
+                client.write_all(&[*byte]).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 16];
+        while seen.len() < sent.len() + 2 {
+            let n = io.read(&mut buf).await.unwrap();
+            assert!(n > 0, "no early end");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        drop(writer.await.unwrap());
+        assert_eq!(
+            String::from_utf8(seen).unwrap(),
+            "GET /d/device.S%20._sync HTTP/1.1\r\nHost: r\r\n\r\nPOST /p HTTP/1.1\r\nHost: r\r\nContent-Length: 3\r\n\r\nabc"
+        );
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0, "the peer's close passes on");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_head_waits_until_the_requests_before_it_are_answered() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut io = Guarded::new(server, false, Duration::from_secs(60));
+        let shared = io.shared();
+        let good = b"GET /a HTTP/1.1\r\nHost: r\r\n\r\n".as_slice();
+        client.write_all(good).await.unwrap();
+        client.write_all(b"GET /b HTTP/1.1\r\nHost: r\r\nno colon here\r\n\r\n").await.unwrap();
+        assert_eq!(readable(&mut io).await, good, "the bad head is held back");
+        assert_eq!(shared.incidents().malformed, Some("not an HTTP/1.x request head"));
+        drop(shared.on_drop());
+        assert_eq!(readable(&mut io).await, b"GET /b HTTP/1.1\r\nHost: r\r\nno colon here\r\n\r\n");
     }
 }

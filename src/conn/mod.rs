@@ -29,6 +29,7 @@ use actix_service::{
 };
 use actix_web::dev::AppConfig;
 use bytes::Bytes;
+use futures_util::future::LocalBoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
@@ -103,12 +104,17 @@ where
             })
             .upgrade(fn_service(refuse_upgrade))
             .h1(app);
+        let settings = Rc::new(settings);
         fn_factory(move || {
             let h1 = h1.new_service(());
             let settings = settings.clone();
             async move {
                 let h1 = Rc::new(h1.await?);
-                Ok::<_, ()>(fn_service(move |tcp: TcpStream| connection(tcp, h1.clone(), settings.clone())))
+                // Boxed: actix-server's task keeps the future it awaits twice over, and this one
+                // holds the whole HTTP/1 dispatcher.
+                Ok::<_, ()>(fn_service(move |tcp: TcpStream| {
+                    Box::pin(connection(tcp, h1.clone(), settings.clone())) as LocalBoxFuture<'static, _>
+                }))
             }
         })
     })?;
@@ -116,7 +122,7 @@ where
 }
 
 /// One accepted connection, from TLS to the end of its last request.
-async fn connection<H>(tcp: TcpStream, h1: Rc<H>, settings: Settings) -> Result<(), ()>
+async fn connection<H>(tcp: TcpStream, h1: Rc<H>, settings: Rc<Settings>) -> Result<(), ()>
 where
     H: Service<(Guarded<Stream>, Option<SocketAddr>), Response = (), Error = actix_http::error::DispatchError>,
 {
@@ -124,14 +130,11 @@ where
     let peer = tcp.peer_addr().ok();
     let stream = match &settings.tls {
         None => Stream::Plain(tcp),
-        Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => Stream::Tls(Box::new(tls)),
-            Ok(Err(e)) => {
+        // Boxed: the handshake's state is large and must not stay in every connection's task.
+        Some(acceptor) => match Box::pin(handshake(acceptor, tcp)).await {
+            Ok(tls) => Stream::Tls(tls),
+            Err(e) => {
                 tracing::debug!(?peer, error = %e, "TLS handshake failed");
-                return Ok(());
-            }
-            Err(_) => {
-                tracing::debug!(?peer, "TLS handshake timed out");
                 return Ok(());
             }
         },
@@ -152,6 +155,13 @@ where
     }
     NOISE.count(malformed.is_some(), incidents.timed_out);
     Ok(())
+}
+
+async fn handshake(acceptor: &tokio_rustls::TlsAcceptor, tcp: TcpStream) -> std::io::Result<Box<TlsStream<TcpStream>>> {
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(tls) => tls.map(Box::new),
+        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")),
+    }
 }
 
 /// Counts the answer to one request: done when its response body is (sent or dropped).
@@ -194,26 +204,28 @@ impl MessageBody for Answered {
 }
 
 /// `Upgrade: websocket` or `CONNECT`: neither port speaks anything but HTTP, so the answer is
-/// a 400 at once and the connection closes.
-async fn refuse_upgrade(
+/// a 400 at once and the connection closes. (Boxed, so the dispatcher does not grow by its size.)
+fn refuse_upgrade(
     (_, framed): (Request, actix_codec::Framed<Guarded<Stream>, Codec>),
-) -> Result<(), actix_web::Error> {
-    let body = br#"{"error":"Upgrade is not supported"}"#;
-    let head = format!(
-        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    let mut io = framed.into_parts().io;
-    let written = async {
-        io.write_all(head.as_bytes()).await?;
-        io.write_all(body).await?;
-        io.shutdown().await
-    };
-    if let Err(e) = written.await {
-        tracing::debug!(error = %e, "could not refuse an upgrade");
-    }
-    NOISE.count(true, false);
-    Ok(())
+) -> LocalBoxFuture<'static, Result<(), actix_web::Error>> {
+    Box::pin(async move {
+        let body = br#"{"error":"Upgrade is not supported"}"#;
+        let head = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let mut io = framed.into_parts().io;
+        let written = async {
+            io.write_all(head.as_bytes()).await?;
+            io.write_all(body).await?;
+            io.shutdown().await
+        };
+        if let Err(e) = written.await {
+            tracing::debug!(error = %e, "could not refuse an upgrade");
+        }
+        NOISE.count(true, false);
+        Ok(())
+    })
 }
 
 /// Counts malformed and timed-out requests; warns at most once per [`SUMMARY_EVERY`] (each is
