@@ -1,19 +1,16 @@
 //! Running a validated command against a device: the one entry point for `/command`, MQTT and
-//! the web UI. The plan is computed under the serial's write lock from the stored buckets, so
-//! the checks (bounds, low < high) hold for the values actually written.
+//! the web UI. The command is planned under the serial's write lock from the stored buckets
+//! (`domain::sync::CommandRequest`), so the checks (bounds, low < high) hold for the values
+//! actually written.
 
-use std::sync::Mutex;
-
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::AppState;
-use crate::domain::command::{self, CommandError, DeviceView, Target};
+use crate::domain::command::CommandError;
 use crate::domain::preset::Preset;
 use crate::domain::serial;
-use crate::domain::time::now_s;
-use crate::state::pairing::structure_id;
-use crate::state::store::UpdateError;
-use crate::state::{Event, Op, Origin, StoreError};
+use crate::domain::sync::{CommandRefusal, CommandRequest, structure_id};
+use crate::state::{CommitError, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -65,64 +62,15 @@ pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Val
 
 async fn apply(state: &AppState, serial: String, name: &str, value: &Value) -> Result<Executed, ExecError> {
     // A device without an owner keeps its structure as `structure.default`.
-    let structure =
+    let structure_id =
         state.pairing.owner(&serial).map_or_else(|| "default".to_string(), |o| structure_id(&o).to_string());
-    // Written by the planning closure, read by the event closure and the reply.
-    let planned: Mutex<Option<(String, Map<String, Value>)>> = Mutex::new(None);
-    let result = state
-        .store
-        .update_with_event(
-            &serial,
-            Origin::Command,
-            true,
-            |buckets| {
-                if buckets.is_empty() {
-                    return Err(ExecError::NotFound);
-                }
-                let bucket = |target: Target| buckets.get(&target.key(&serial, &structure)).map(|b| &b.value);
-                let view = DeviceView {
-                    device: bucket(Target::Device),
-                    shared: bucket(Target::Shared),
-                    schedule: bucket(Target::Schedule),
-                    structure: bucket(Target::Structure),
-                    now_s: now_s(),
-                    serial: &serial,
-                };
-                let plan = command::plan(name, value, view)?;
-                let ops: Vec<Op> = plan
-                    .writes
-                    .into_iter()
-                    .map(|w| {
-                        let key = w.target.key(&serial, &structure);
-                        let mut first = planned.lock().unwrap_or_else(|p| p.into_inner());
-                        if first.is_none() {
-                            *first = Some((key.clone(), w.fields.clone()));
-                        }
-                        if w.replace {
-                            Op::Replace { key, fields: w.fields }
-                        } else {
-                            Op::Merge { key, fields: w.fields, if_revision: None }
-                        }
-                    })
-                    .collect();
-                Ok(ops)
-            },
-            |_| {
-                let first = planned.lock().unwrap_or_else(|p| p.into_inner());
-                let (object_key, values) = first.as_ref()?;
-                Some(Event {
-                    kind: "command",
-                    detail: json!({"command": name, "value": value, "object_key": object_key, "values": values}),
-                })
-            },
-        )
-        .await;
-    match result {
-        Ok(_) => {}
-        Err(UpdateError::Plan(e)) => return Err(e),
-        Err(UpdateError::Store(e)) => return Err(ExecError::Store(e)),
-    }
-    let (object_key, values) = planned.into_inner().unwrap_or_else(|p| p.into_inner()).unwrap_or_default();
-    tracing::info!(%serial, command = name, key = %object_key, "command applied");
-    Ok(Executed { serial, object_key, values })
+    let request = CommandRequest { serial: serial.clone(), name: name.to_string(), value: value.clone(), structure_id };
+    let reply = match state.store.commit(&serial, request).await {
+        Ok(done) => done.reply,
+        Err(CommitError::Refused(CommandRefusal::NotFound)) => return Err(ExecError::NotFound),
+        Err(CommitError::Refused(CommandRefusal::Invalid(e))) => return Err(ExecError::Command(e)),
+        Err(CommitError::Store(e)) => return Err(ExecError::Store(e)),
+    };
+    tracing::info!(%serial, command = name, key = %reply.object_key, "command applied");
+    Ok(Executed { serial, object_key: reply.object_key, values: reply.values })
 }

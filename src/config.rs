@@ -168,6 +168,24 @@ pub struct Config {
     #[arg(long, env = "HISTORY_DAYS", value_name = "HISTORY_DAYS", default_value_t = 30.0)]
     pub history_days: f64,
 
+    /// A setpoint or mode command that never reached its thermostat is dropped after this long.
+    #[arg(
+        long,
+        env = "PENDING_SETPOINT_EXPIRY_SECONDS",
+        value_name = "PENDING_SETPOINT_EXPIRY_SECONDS",
+        default_value_t = 1800.0
+    )]
+    pub pending_setpoint_expiry_seconds: f64,
+
+    /// Any other command that never reached its thermostat is dropped after this long.
+    #[arg(
+        long,
+        env = "PENDING_OTHER_EXPIRY_SECONDS",
+        value_name = "PENDING_OTHER_EXPIRY_SECONDS",
+        default_value_t = 21600.0
+    )]
+    pub pending_other_expiry_seconds: f64,
+
     #[arg(long, env = "LOG_FORMAT", value_name = "LOG_FORMAT", default_value = "pretty",
           value_parser = ["pretty", "json"])]
     pub log_format: String,
@@ -252,6 +270,8 @@ impl Config {
             }
         }
         self.trusted_networks()?;
+        within("PENDING_SETPOINT_EXPIRY_SECONDS", self.pending_setpoint_expiry_seconds, 30.0 * 86_400.0, "seconds")?;
+        within("PENDING_OTHER_EXPIRY_SECONDS", self.pending_other_expiry_seconds, 30.0 * 86_400.0, "seconds")?;
         if self.entry_key_ttl_seconds < MIN_ENTRY_KEY_TTL_SECONDS {
             warnings.push(format!(
                 "ENTRY_KEY_TTL_SECONDS={} is below {MIN_ENTRY_KEY_TTL_SECONDS}: thermostats reject codes that expire within 30 minutes, so every poll gets a fresh code",
@@ -259,6 +279,15 @@ impl Config {
             ));
         }
         Ok(warnings)
+    }
+
+    /// How long commands that never reached their thermostat stay pending.
+    pub fn expiry(&self) -> crate::domain::sync::Expiry {
+        let ms = |secs: f64| (secs * 1000.0).min(i64::MAX as f64) as i64;
+        crate::domain::sync::Expiry {
+            setpoint_ms: ms(self.pending_setpoint_expiry_seconds),
+            other_ms: ms(self.pending_other_expiry_seconds),
+        }
     }
 
     pub fn hold_timeout(&self) -> Duration {

@@ -58,6 +58,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<crate::state::CommitError<std::convert::Infallible>> for ApiError {
+    fn from(e: crate::state::CommitError<std::convert::Infallible>) -> Self {
+        crate::state::StoreError::from(e).into()
+    }
+}
+
 impl From<crate::state::StoreError> for ApiError {
     fn from(e: crate::state::StoreError) -> Self {
         tracing::error!(error = %e, "store error");

@@ -6,41 +6,18 @@ use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::Value;
-use sqlx::SqlitePool;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::bucket::Fields;
-use crate::domain::time::now_ms;
-use crate::state::{Change, Store};
+use crate::state::{Change, Store, StoreError};
 
-/// Most points one history request returns.
-pub const MAX_POINTS: i64 = 20_000;
-/// Journal rows kept for event-stream replay.
-const JOURNAL_KEEP: i64 = 100_000;
+pub use crate::state::repos::{MAX_POINTS, Point};
 /// Readings a thermostat can physically report or be set to; anything else stays on the bucket
 /// as sent but is not charted (a chart scaled to ±1.7e308 cannot be drawn).
 pub const TEMPERATURES_C: RangeInclusive<f64> = -50.0..=80.0;
 pub const HUMIDITY_PERCENT: RangeInclusive<f64> = 0.0..=100.0;
-
-/// One sample: what the chart draws.
-#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
-pub struct Point {
-    pub at: i64,
-    pub current_temperature: Option<f64>,
-    pub target_temperature: Option<f64>,
-    pub target_temperature_low: Option<f64>,
-    pub target_temperature_high: Option<f64>,
-    pub humidity: Option<f64>,
-    pub mode: Option<String>,
-    pub heating: bool,
-    pub cooling: bool,
-    pub fan: bool,
-    /// Auxiliary or emergency heat (heat pumps); also counted in `heating`.
-    pub aux: bool,
-}
 
 fn temperature(v: Option<&Value>) -> Option<f64> {
     within(v.and_then(Value::as_f64), &TEMPERATURES_C)
@@ -104,7 +81,6 @@ fn same_reading(a: &Point, b: &Point) -> bool {
 /// Records a sample whenever a thermostat's charted values change, and prunes old history.
 pub fn spawn(store: Arc<Store>, days: f64, shutdown: CancellationToken) {
     let mut feed = store.hub().feed();
-    let pool = store.pool().clone();
     let recorder_shutdown = shutdown.clone();
     let recorder_store = store.clone();
     tokio::spawn(async move {
@@ -130,7 +106,7 @@ pub fn spawn(store: Arc<Store>, days: f64, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => break,
                 _ = hourly.tick() => {}
             }
-            if let Err(e) = prune(&pool, days).await {
+            if let Err(e) = store.history().prune(days).await {
                 tracing::warn!(error = %e, "pruning history failed");
             }
         }
@@ -154,24 +130,7 @@ async fn record(store: &Store, last: &mut HashMap<String, Point>, change: &Chang
     if last.get(serial).is_some_and(|p| same_reading(p, &point)) {
         return;
     }
-    let result = sqlx::query(
-        "INSERT INTO roost_history (serial, at_ms, current_temperature, target_temperature, target_temperature_low,
-         target_temperature_high, humidity, mode, heating, cooling, fan, aux) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(serial)
-    .bind(point.at)
-    .bind(point.current_temperature)
-    .bind(point.target_temperature)
-    .bind(point.target_temperature_low)
-    .bind(point.target_temperature_high)
-    .bind(point.humidity)
-    .bind(&point.mode)
-    .bind(point.heating)
-    .bind(point.cooling)
-    .bind(point.fan)
-    .bind(point.aux)
-    .execute(store.pool())
-    .await;
+    let result = store.history().record(serial, &point).await;
     match result {
         Ok(_) => {
             last.insert(serial.clone(), point);
@@ -180,43 +139,10 @@ async fn record(store: &Store, last: &mut HashMap<String, Point>, change: &Chang
     }
 }
 
-/// Removes history older than `days` and journal rows beyond what replay keeps.
-pub async fn prune(pool: &SqlitePool, days: f64) -> Result<u64, sqlx::Error> {
-    let cutoff = now_ms() - (days * 86_400_000.0) as i64;
-    let history =
-        sqlx::query("DELETE FROM roost_history WHERE at_ms < ?").bind(cutoff).execute(pool).await?.rows_affected();
-    sqlx::query("DELETE FROM roost_changes WHERE id <= (SELECT MAX(id) FROM roost_changes) - ?")
-        .bind(JOURNAL_KEEP)
-        .execute(pool)
-        .await?;
-    Ok(history)
-}
-
 /// Points of a serial since `since` (ms), oldest first; readings recorded before they were
 /// checked are checked here.
-pub async fn points(pool: &SqlitePool, serial: &str, since: i64) -> Result<Vec<Point>, sqlx::Error> {
-    let rows: Vec<Point> = sqlx::query_as(
-        "SELECT at_ms AS at, current_temperature, target_temperature, target_temperature_low, target_temperature_high,
-         humidity, mode, heating, cooling, fan, aux FROM roost_history WHERE serial = ? AND at_ms >= ? ORDER BY at_ms LIMIT ?",
-    )
-    .bind(serial)
-    .bind(since)
-    .bind(MAX_POINTS)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(Point::plausible).collect())
-}
-
-/// The last point of a serial before `at` (ms): what held when a time window starts.
-pub async fn point_before(pool: &SqlitePool, serial: &str, at: i64) -> Result<Option<Point>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT at_ms AS at, current_temperature, target_temperature, target_temperature_low, target_temperature_high,
-         humidity, mode, heating, cooling, fan, aux FROM roost_history WHERE serial = ? AND at_ms < ? ORDER BY at_ms DESC LIMIT 1",
-    )
-    .bind(serial)
-    .bind(at)
-    .fetch_optional(pool)
-    .await
+pub async fn points(store: &Store, serial: &str, since: i64) -> Result<Vec<Point>, StoreError> {
+    Ok(store.history().points(serial, since).await?.into_iter().map(Point::plausible).collect())
 }
 
 #[cfg(test)]

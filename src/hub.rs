@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{broadcast, mpsc};
 
-use crate::state::{Change, Origin};
+use crate::state::Change;
 
 /// Pushes a held subscribe may have queued before it is considered stuck and ended.
 const SUBSCRIBE_QUEUE: usize = 16;
@@ -44,6 +44,12 @@ pub struct Subscription {
     id: u64,
     serial: String,
     hub: Arc<Hub>,
+}
+
+impl Subscription {
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
 }
 
 impl Drop for Subscription {
@@ -144,7 +150,7 @@ impl Hub {
     /// A device's own writes are not pushed back to it; a held subscribe whose queue is full is
     /// ended so it resubscribes and catches up by timestamps.
     fn deliver(&self, change: Arc<Change>) {
-        if change.origin != Origin::Device && !change.buckets.is_empty() {
+        if change.origin.wakes_device() && !change.buckets.is_empty() {
             if let Ok(mut held) = self.held.lock() {
                 if let Some(list) = held.get_mut(&change.serial) {
                     list.retain(|h| h.tx.try_send(change.clone()).is_ok());

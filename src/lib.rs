@@ -26,8 +26,7 @@ pub mod tls;
 pub use config::Config;
 pub use server::{AppHandle, Application};
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
@@ -72,15 +71,15 @@ impl AppState {
     /// Removes the pending pairing state (the confirm-pairing dialog) of a serial that is not a
     /// device; its code is gone already.
     pub async fn drop_pending(&self, serial: &str) {
-        if self.is_known_device(serial)
-            || !self.store.exists(serial)
-            || !holds_pending_only(&self.store.snapshot(serial))
-        {
+        if self.is_known_device(serial) || !self.store.exists(serial) {
             return;
         }
         let event = state::Event { kind: "pairing", detail: serde_json::json!({"action": "expired"}) };
-        match self.store.delete_device(serial, event).await {
-            Ok(_) => tracing::debug!(%serial, "pending pairing state removed"),
+        // Checked again under the device's write lock: it may have synced meanwhile.
+        let request = domain::sync::DeleteRequest { event, only_pending_pairing: true };
+        match self.store.commit(serial, request).await {
+            Ok(done) if done.reply > 0 => tracing::debug!(%serial, "pending pairing state removed"),
+            Ok(_) => {}
             Err(e) => tracing::warn!(%serial, error = %e, "could not remove pending pairing state"),
         }
     }
@@ -91,7 +90,8 @@ impl AppState {
             kind: "availability",
             detail: serde_json::json!({"online": online, "last_seen": last_seen}),
         };
-        if let Err(e) = self.store.record(serial, state::Origin::Server, event).await {
+        let request = domain::sync::RecordRequest { origin: state::Origin::Server, event };
+        if let Err(e) = self.store.commit(serial, request).await {
             tracing::warn!(%serial, error = %e, "could not record an availability change");
         }
     }
@@ -112,10 +112,6 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     pub events: Arc<control_api::events::EventStreams>,
     pub mqtt: mqtt::SharedStatus,
-    /// Serials that received their structure bucket since this process started: the first
-    /// subscribe after a start always gets it, because the device may have reset its mode while
-    /// its cached timestamp survived in flash.
-    pub structure_sent: Mutex<HashSet<String>>,
     /// Software versions the thermostats reported, and the v3 profile each selects.
     pub firmware: Arc<state::firmware::Firmware>,
 }
@@ -123,5 +119,5 @@ pub struct AppState {
 /// Whether every bucket a serial holds is pending pairing state (the confirm-pairing dialog
 /// a code request creates): such a serial is not a device.
 pub fn holds_pending_only(buckets: &state::store::Buckets) -> bool {
-    buckets.keys().all(|k| k.starts_with("device_alert_dialog."))
+    domain::sync::server::holds_pending_pairing_only(buckets)
 }

@@ -3,11 +3,10 @@
 //! Each history sample holds until the next one; the newest holds until now.
 
 use serde::Serialize;
-use sqlx::SqlitePool;
 
 use crate::domain::time::{iso8601, now_ms};
-use crate::history::{Point, point_before, points, sample};
-use crate::state::Store;
+use crate::history::{Point, sample};
+use crate::state::{Store, StoreError};
 
 pub const DAY_MS: i64 = 86_400_000;
 /// Longest span `GET /api/runtime` reports (history is kept 30 days by default).
@@ -76,17 +75,18 @@ pub fn by_day(points: &[Point], now: i64, days: i64, offset_min: i64) -> Vec<Day
 }
 
 /// The history from `from` to now, with the sample that held at `from`.
-pub async fn window(pool: &SqlitePool, serial: &str, from: i64) -> Result<Vec<Point>, sqlx::Error> {
-    let mut out: Vec<Point> = point_before(pool, serial, from).await?.into_iter().collect();
-    out.extend(points(pool, serial, from).await?);
+pub async fn window(store: &Store, serial: &str, from: i64) -> Result<Vec<Point>, StoreError> {
+    let history = store.history();
+    let mut out: Vec<Point> = history.point_before(serial, from).await?.into_iter().collect();
+    out.extend(history.points(serial, from).await?);
     Ok(out)
 }
 
 /// Runtime over the last 24 hours. The live state counts from its last change on, whether or
 /// not the history recorder has stored it yet.
-pub async fn last_day(store: &Store, serial: &str) -> Result<Stages, sqlx::Error> {
+pub async fn last_day(store: &Store, serial: &str) -> Result<Stages, StoreError> {
     let now = now_ms();
-    let mut points = window(store.pool(), serial, now - DAY_MS).await?;
+    let mut points = window(store, serial, now - DAY_MS).await?;
     let device = store.get(serial, &format!("device.{serial}"));
     let shared = store.get(serial, &format!("shared.{serial}"));
     if let Some(changed) = shared.as_ref().map(|b| b.updated_at).filter(|at| points.last().is_none_or(|p| p.at < *at)) {

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::{Server, Service};
@@ -73,16 +73,18 @@ impl Application {
         };
         let (pool, writer) = state::db::open(&config.sqlite3_db_path).await?;
         let hub = hub::Hub::new(config.max_subscriptions_per_device as usize);
-        let bounds = crate::state::bounds::Bounds::from_limits(&config.limits);
-        let store = Arc::new(Store::load(pool.clone(), writer, hub).await?.with_bounds(bounds));
+        let settings = state::Settings { limits: Default::default(), expiry: config.expiry() };
+        let store = Arc::new(Store::load(pool.clone(), writer, hub, settings).await?);
         let presets = Arc::new(crate::state::presets::Presets::load(pool.clone()).await?);
         let pairing = Arc::new(Pairing::load(pool.clone()).await?);
+        let keys = Arc::new(ApiKeys::new(pool.clone()));
         let firmware = Arc::new(Firmware::load(pool, config.v3_dialect, config.v3_dialect_overrides.clone()).await?);
         let devices = DeviceLimit::new(config.limits.max_devices as usize, counted_devices(&config, &store, &pairing));
         let shutdown = CancellationToken::new();
         let events = EventStreams::new(config.sse_max_clients);
         events.spawn_fan_out(store.hub().feed(), shutdown.clone());
         crate::history::spawn(store.clone(), config.history_days, shutdown.clone());
+        state::expiry::spawn(store.clone(), shutdown.clone());
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store,
@@ -94,7 +96,6 @@ impl Application {
             shutdown,
             events,
             mqtt: Default::default(),
-            structure_sent: Mutex::new(HashSet::new()),
             firmware,
         });
 
@@ -140,7 +141,6 @@ impl Application {
 
         let control_state = state.clone();
         let access = Access::new(config.cors_origin_list());
-        let keys = Arc::new(ApiKeys::new(state.store.pool().clone()));
         let policy =
             web::Data::new(Policy::new(&config, keys).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?);
         let setup = web::Data::new(control_api::setup::Scanner::new(&config));
@@ -243,7 +243,13 @@ impl Application {
         self.spawn_pairing_sweep();
         let mqtt = match crate::mqtt::Settings::from_config(&self.state.config) {
             Some(settings) => Some(settings),
-            None => crate::mqtt::Settings::from_database(self.state.store.pool()).await,
+            None => match self.state.store.integrations().mqtt().await {
+                Ok(stored) => stored.as_deref().and_then(crate::mqtt::Settings::from_stored),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the stored MQTT settings");
+                    None
+                }
+            },
         }
         .map(|mut settings| {
             // `MQTT_MINIMAL_DISCOVERY` applies to a broker set up through the API as well.
@@ -267,7 +273,7 @@ impl Application {
         if let Some(mqtt) = mqtt {
             let _ = tokio::time::timeout(Duration::from_secs(2), mqtt).await;
         }
-        self.state.store.pool().close().await;
+        self.state.store.close().await;
         Ok(())
     }
 }

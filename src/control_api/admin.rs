@@ -7,8 +7,9 @@ use serde_json::{Value, json};
 use super::command::json_object;
 use super::status::parse_serial;
 use crate::AppState;
+use crate::domain::sync::{DeleteRequest, DialogRequest, NotifyRequest};
 use crate::error::ApiError;
-use crate::state::{Event, Op, Origin};
+use crate::state::Event;
 
 fn error_body(e: ApiError) -> ApiError {
     // These routes answer `{"error": ...}` like the reference, not `{"success": false, ...}`.
@@ -35,9 +36,9 @@ pub async fn notify_device(
     let body = json_object(payload).await.map_err(error_body)?;
     let serial = body_serial(&body)?;
     super::access::grant(&req).check_device(&serial)?;
-    let Some(_) = state.store.notify(&serial).await? else {
+    if !state.store.commit(&serial, NotifyRequest).await?.reply {
         return Err(ApiError::not_found("Device not found"));
-    };
+    }
     let held = state.store.hub().held_count(&serial);
     tracing::info!(%serial, held, "notify-device: all buckets pushed");
     Ok(HttpResponse::Ok().json(json!({"success": true, "subscribers_notified": held})))
@@ -46,14 +47,10 @@ pub async fn notify_device(
 pub async fn dismiss_pairing(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let serial = parse_serial(req.match_info().get("serial"))?;
     super::access::grant(&req).check_device(&serial)?;
-    let key = format!("device_alert_dialog.{serial}");
-    if state.store.get(&serial, &key).is_none() {
+    if !state.store.commit(&serial, DialogRequest::Dismiss { serial: serial.clone() }).await?.reply {
         return Ok(HttpResponse::Ok()
             .json(json!({"success": true, "message": format!("No pairing dialog to dismiss for {serial}")})));
     }
-    let event = Event { kind: "pairing", detail: json!({"action": "dismissed"}) };
-    let ops = vec![Op::Replace { key, fields: Default::default() }];
-    state.store.plan(&serial, Origin::Pairing, true, |_| ops, Some(event)).await?;
     Ok(HttpResponse::Ok().json(json!({"success": true, "message": format!("Pairing dialog dismissed for {serial}")})))
 }
 
@@ -74,18 +71,12 @@ pub(super) async fn remove_device(state: &AppState, serial: &str) -> Result<usiz
         return Err(ApiError::not_found("Device not found"));
     }
     let event = Event { kind: "pairing", detail: json!({"action": "deleted"}) };
-    let deleted = state.store.delete_device(&serial, event.clone()).await?;
-    if deleted == 0 {
-        state.store.record(&serial, Origin::Server, event).await?;
-    }
+    let deleted = state.store.commit(&serial, DeleteRequest { event, only_pending_pairing: false }).await?.reply;
     state.pairing.forget(&serial).await?;
     state.devices.release(&serial);
     state.availability.forget(&serial);
     state.firmware.forget(&serial).await?;
     state.store.hub().end_serial(&serial);
-    if let Ok(mut sent) = state.structure_sent.lock() {
-        sent.remove(&serial);
-    }
     tracing::info!(%serial, buckets = deleted, "device deleted");
     Ok(deleted)
 }

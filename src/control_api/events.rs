@@ -18,7 +18,8 @@ use crate::device_api::query_param;
 use crate::domain::serial;
 use crate::domain::time::{iso8601, now_ms};
 use crate::error::ApiError;
-use crate::state::Change;
+use crate::state::repos::JournalRow;
+use crate::state::{Change, StoreError};
 
 /// Named events a client can opt in to with `?events=`.
 pub const NAMED_EVENTS: [&str; 3] = ["command", "availability", "pairing"];
@@ -299,49 +300,31 @@ fn last_event_id(req: &HttpRequest) -> Result<Option<i64>, ApiError> {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct JournalRow {
-    id: i64,
-    serial: String,
-    origin: String,
-    object_keys: String,
-    created_at: i64,
-    event: Option<String>,
-    detail: Option<String>,
-}
-
-impl JournalRow {
-    fn into_event(self) -> StreamEvent {
-        let detail = self.detail.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()).unwrap_or(Value::Null);
-        let deleted = self.event.as_deref() == Some("pairing") && detail.get("action") == Some(&json!("deleted"));
-        let message = self.object_keys != "[]" || self.origin == "notify" || deleted;
+impl StreamEvent {
+    fn from_journal(row: JournalRow) -> Self {
+        let detail = row.detail.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()).unwrap_or(Value::Null);
+        let deleted = row.event.as_deref() == Some("pairing") && detail.get("action") == Some(&json!("deleted"));
+        let message = row.object_keys != "[]" || row.origin == "notify" || deleted;
         StreamEvent {
-            id: self.id,
-            serial: self.serial,
+            id: row.id,
+            serial: row.serial,
             message,
-            named: self.event.map(|kind| (kind, detail)),
-            at_ms: self.created_at,
+            named: row.event.map(|kind| (kind, detail)),
+            at_ms: row.created_at,
         }
     }
 }
 
 /// What a resuming client missed: the events after `after`, or a reset when they are gone.
-async fn replay(state: &AppState, after: i64) -> Result<Result<Vec<StreamEvent>, i64>, sqlx::Error> {
-    let pool = state.store.pool();
-    let (min, max): (Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT MIN(id), MAX(id) FROM roost_changes").fetch_one(pool).await?;
+async fn replay(state: &AppState, after: i64) -> Result<Result<Vec<StreamEvent>, i64>, StoreError> {
+    let journal = state.store.journal();
+    let (min, max) = journal.bounds().await?;
     let max = max.unwrap_or(0);
     let too_old = min.is_some_and(|min| after < min.saturating_sub(1));
     if too_old || after > max || max.saturating_sub(after) > MAX_REPLAY {
         return Ok(Err(max));
     }
-    let rows: Vec<JournalRow> = sqlx::query_as(
-        "SELECT id, serial, origin, object_keys, created_at, event, detail FROM roost_changes WHERE id > ? ORDER BY id",
-    )
-    .bind(after)
-    .fetch_all(pool)
-    .await?;
-    Ok(Ok(rows.into_iter().map(JournalRow::into_event).collect()))
+    Ok(Ok(journal.after(after).await?.into_iter().map(StreamEvent::from_journal).collect()))
 }
 
 pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

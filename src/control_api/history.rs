@@ -52,7 +52,7 @@ pub async fn history(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     super::access::grant(&req).check_device(&serial)?;
     known(&state, &serial)?;
     let since = parse_since(query_param(&req, "since").as_deref())?;
-    let points = points(state.store.pool(), &serial, since).await?;
+    let points = state.store.history().points(&serial, since).await?;
     Ok(HttpResponse::Ok().json(json!({"serial": serial, "since": since, "points": points})))
 }
 
@@ -68,7 +68,7 @@ pub async fn chart(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpR
     };
     let deadline = Instant::now() + CHART_BUDGET;
     let now = now_ms();
-    let points = points(state.store.pool(), &serial, now - span).await?;
+    let points = points(&state.store, &serial, now - span).await?;
     let over_budget = || ApiError::unavailable("The chart could not be drawn in time; try again");
     let permit = tokio::time::timeout_at(deadline.into(), DRAWING.acquire())
         .await

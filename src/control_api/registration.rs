@@ -6,12 +6,12 @@ use serde_json::{Map, Value, json};
 
 use super::command::json_object;
 use crate::AppState;
-use crate::device_api::{pairing_buckets, query_param};
+use crate::device_api::query_param;
 use crate::domain::serial;
-use crate::domain::time::now_ms;
+use crate::domain::sync::{PairRequest, RecordRequest};
 use crate::error::ApiError;
 use crate::state::pairing::{ClaimError, DEFAULT_USER};
-use crate::state::{Event, Op, Origin};
+use crate::state::{Event, Origin};
 
 fn fail(message: impl Into<String>) -> ApiError {
     ApiError::failure(StatusCode::BAD_REQUEST, message)
@@ -40,13 +40,7 @@ pub async fn register(payload: web::Payload, state: web::Data<AppState>) -> Resu
         Ok(serial) => serial,
         Err(e) => return Ok(HttpResponse::Ok().json(json!({"success": false, "message": e.to_string()}))),
     };
-    // Forced, so both buckets get fresh timestamps and travel together even if they existed.
-    let ops: Vec<Op> = pairing_buckets(&serial, user)
-        .into_iter()
-        .map(|(key, fields)| Op::Merge { key, fields, if_revision: None })
-        .collect();
-    let event = Event { kind: "pairing", detail: json!({"action": "paired", "user": user}) };
-    state.store.plan(&serial, Origin::Pairing, true, |_| ops, Some(event)).await?;
+    state.store.commit(&serial, PairRequest { serial: serial.clone(), owner: user.to_string() }).await?;
     tracing::info!(%serial, user, "thermostat paired");
     Ok(HttpResponse::Ok().json(json!({
         "success": true,
@@ -88,7 +82,7 @@ pub async fn unregister_device(req: HttpRequest, state: web::Data<AppState>) -> 
         state.devices.release(&serial);
     }
     let event = Event { kind: "pairing", detail: json!({"action": "unpaired", "user": user}) };
-    state.store.record(&serial, Origin::Pairing, event).await?;
+    state.store.commit(&serial, RecordRequest { origin: Origin::Pairing, event }).await?;
     Ok(HttpResponse::Ok().json(json!({"success": true, "message": format!("Device {serial} deleted")})))
 }
 
@@ -138,21 +132,6 @@ pub async fn mqtt_config(payload: web::Payload, state: web::Data<AppState>) -> R
     config.insert("discoveryPrefix".into(), text("discoveryPrefix", "homeassistant")?);
     config.insert("publishRaw".into(), flag("publishRaw")?);
     config.insert("homeAssistantDiscovery".into(), flag("homeAssistantDiscovery")?);
-    let now = now_ms();
-    let existed: Option<i64> =
-        sqlx::query_scalar("SELECT \"createdAt\" FROM integrations WHERE \"userId\" = ? AND type = 'mqtt'")
-            .bind(DEFAULT_USER)
-            .fetch_optional(state.store.pool())
-            .await?;
-    sqlx::query(
-        "INSERT INTO integrations (\"userId\", type, enabled, config, \"createdAt\", \"updatedAt\") VALUES (?, 'mqtt', 1, ?, ?, ?)
-         ON CONFLICT (\"userId\", type) DO UPDATE SET enabled = 1, config = excluded.config, \"updatedAt\" = excluded.\"updatedAt\"",
-    )
-    .bind(DEFAULT_USER)
-    .bind(Value::Object(config).to_string())
-    .bind(now)
-    .bind(now)
-    .execute(state.store.pool())
-    .await?;
-    Ok(HttpResponse::Ok().json(json!({"success": true, "created": existed.is_none()})))
+    let created = state.store.integrations().set_mqtt(DEFAULT_USER, &Value::Object(config).to_string()).await?;
+    Ok(HttpResponse::Ok().json(json!({"success": true, "created": created})))
 }

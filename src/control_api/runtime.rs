@@ -34,7 +34,7 @@ pub async fn runtime(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     let tz = bounded(&req, "tz", 0, -14 * 60..=14 * 60)?;
     let now = now_ms();
     let from = now - days * DAY_MS - DAY_MS;
-    let points = window(state.store.pool(), &serial, from).await?;
+    let points = window(&state.store, &serial, from).await?;
     let days = by_day(&points, now, days, tz);
     Ok(HttpResponse::Ok().json(json!({"serial": serial, "tz": tz, "days": days})))
 }

@@ -8,11 +8,10 @@ use super::{identify, query_param, serial_required, v3};
 use crate::AppState;
 use crate::body::read_truncated;
 use crate::config::origin_parts;
-use crate::domain::bucket::Fields;
+use crate::domain::sync::DialogRequest;
 use crate::domain::time::now_ms;
 use crate::error::ApiError;
 use crate::state::pairing::IssueError;
-use crate::state::{Op, Origin};
 
 /// Largest entry form read (a real one is about 150 bytes); the rest is discarded.
 const ENTRY_FORM_LIMIT: usize = 16 * 1024;
@@ -130,11 +129,7 @@ pub async fn passphrase(req: HttpRequest, state: web::Data<AppState>) -> Result<
             issued.key
         }
     };
-    let mut dialog = Fields::new();
-    dialog.insert("dialog_data".into(), "".into());
-    dialog.insert("dialog_id".into(), "confirm-pairing".into());
-    let op = Op::CreateIfMissing { key: format!("device_alert_dialog.{}", caller.serial), fields: dialog };
-    state.store.apply(&caller.serial, Origin::Device, false, vec![op]).await?;
+    state.store.commit(&caller.serial, DialogRequest::Offer { serial: caller.serial.clone() }).await?;
     Ok(json_ok(json!({"value": key.code, "expires": key.expires_at})))
 }
 

@@ -20,7 +20,6 @@ use crate::error::ApiError;
 use crate::state::pairing::{DEFAULT_USER, Tier};
 
 pub use legacy::rewrite_legacy_path;
-pub(crate) use transport::pairing_buckets;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(get("/info", entry::info))

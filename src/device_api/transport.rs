@@ -1,7 +1,6 @@
 //! Subscribe (the long-poll that carries server → device data), PUT (device → server) and the
 //! bucket listing.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,13 +13,14 @@ use tokio_util::sync::CancellationToken;
 use super::{Admission, Caller, Gated, admit, arrived, identify, serial_required, transport_ok};
 use crate::AppState;
 use crate::body::{MAX_BODY, read_limited};
-use crate::domain::bucket::{
-    self, Bucket, Entry, Fields, WireObject, carries_setpoint, objects_document, server_is_newer,
+use crate::domain::bucket::{self, Entry, Fields, WireObject, carries_setpoint, objects_document};
+use crate::domain::sync::{
+    Batch, Committed, HoldState, Listed, Outcome, PutRequest, Scope, SentRequest, SubscribeReply, SubscribeRequest,
+    Version,
 };
 use crate::error::ApiError;
 use crate::hub::Subscription;
-use crate::state::pairing::structure_id;
-use crate::state::{Change, Op, Origin, Outcome};
+use crate::state::Store;
 
 /// After a push, further changes within this window go out as more chunks on the same
 /// response; the firmware closes the connection after 5 s without data.
@@ -44,13 +44,6 @@ fn weave_id(req: &HttpRequest) -> Option<Value> {
     req.headers().get("x-nl-weave-device-id").and_then(|v| v.to_str().ok()).map(|s| Value::String(s.to_string()))
 }
 
-fn with_weave(mut fields: Fields, weave: &Option<Value>) -> Fields {
-    if let Some(w) = weave {
-        fields.insert("weave_device_id".into(), w.clone());
-    }
-    fields
-}
-
 /// `chunked` as the firmware sends it (`true`); strings and numbers are read by meaning,
 /// so `"false"` is not chunked.
 fn wants_chunked(root: &Fields) -> bool {
@@ -70,73 +63,40 @@ pub async fn subscribe(
     let (root, entries, caller) = read_request(&req, payload, false).await?;
     let admission = admit(&state, &caller, Gated::Subscribe).await?;
     let owner = arrived(&state, &caller).await?;
-    let serial = caller.serial.as_str();
+    let serial = caller.serial;
     let chunked = wants_chunked(&root);
 
     // Registered before the state is read, so a change committed from here on is not missed.
-    let subscription = chunked.then(|| state.store.hub().subscribe(serial));
-
-    if !matches!(admission, Admission::ReadOnly) {
-        apply_device_values(&state, serial, &entries, &weave_id(&req)).await?;
-    }
-    let owned_keys = match &owner {
-        Some(owner) => ensure_pairing_buckets(&state, serial, owner).await?,
-        None => Vec::new(),
+    let subscription = chunked.then(|| state.store.hub().subscribe(&serial));
+    let request = SubscribeRequest {
+        serial: serial.clone(),
+        listed: entries.into_iter().map(listed).collect(),
+        owner,
+        read_only: matches!(admission, Admission::ReadOnly),
+        weave_device_id: weave_id(&req),
+        scope: Scope::WithPairing,
+        batch: Batch::All,
     };
+    let SubscribeReply { send, hold, .. } = state.store.commit(&serial, request).await?.reply;
 
-    // What the device holds, by key: only newer server data goes out.
-    let mut known: HashMap<String, i64> = HashMap::new();
-    for e in &entries {
-        known.entry(e.key.clone()).or_insert(e.timestamp);
-    }
-    let snapshot = state.store.snapshot(serial);
-    for e in &entries {
-        if snapshot.get(&e.key).is_some_and(|b| b.unconfirmed && e.timestamp >= b.timestamp) {
-            // The device lists the current version: it holds the server's change.
-            state.store.confirm(serial, &e.key, e.timestamp).await;
-        }
-    }
-    let mut outgoing: Vec<(String, Arc<Bucket>)> = Vec::new();
-    for e in &entries {
-        if outgoing.iter().any(|(k, _)| k == &e.key) {
-            continue;
-        }
-        if let Some(b) = snapshot.get(&e.key).filter(|b| server_is_newer(b.timestamp, e.timestamp)) {
-            outgoing.push((e.key.clone(), b.clone()));
-        }
-    }
-    let first_since_start = state.structure_sent.lock().map(|mut s| s.insert(serial.to_string())).unwrap_or(false);
-    for key in owned_keys {
-        if outgoing.iter().any(|(k, _)| k == &key) {
-            continue;
-        }
-        let Some(b) = snapshot.get(&key) else { continue };
-        let forced = first_since_start && key.starts_with("structure.");
-        if forced || server_is_newer(b.timestamp, known.get(&key).copied().unwrap_or(0)) {
-            outgoing.push((key, b.clone()));
-        }
-    }
-    for (k, b) in &outgoing {
-        known.insert(k.clone(), b.timestamp);
-    }
-    let objects: Vec<WireObject<'_>> = outgoing.iter().map(|(k, b)| WireObject::full(k, b)).collect();
+    let objects: Vec<WireObject<'_>> = send.iter().map(|(k, b)| WireObject::full(k, b)).collect();
     let mut response = transport_ok(&state);
     if objects.iter().any(|o| o.value.is_some_and(carries_setpoint)) {
         response.insert_header(("X-nl-disable-defer-window", state.config.disable_defer_window.to_string()));
     }
-    if !outgoing.is_empty() {
-        tracing::debug!(serial, keys = ?outgoing.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), "subscribe answered with newer data");
+    if !send.is_empty() {
+        tracing::debug!(%serial, keys = ?send.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(), "subscribe answered with newer data");
     }
-
     let Some(subscription) = subscription else {
         return Ok(response.content_type("application/json").body(objects_document(&objects)));
     };
     let first = (!objects.is_empty()).then(|| Bytes::from(objects_document(&objects)));
     drop(objects);
-    let hold = Hold {
+    let hold = Held {
         subscription,
+        hold,
+        store: state.store.clone(),
         first,
-        known,
         deadline: Instant::now() + state.config.hold_timeout(),
         batch_until: None,
         answered: false,
@@ -145,107 +105,28 @@ pub async fn subscribe(
     Ok(response
         .content_type("application/json")
         .force_close()
-        .streaming(futures_util::stream::unfold(hold, Hold::next_chunk)))
+        .streaming(futures_util::stream::unfold(hold, Held::next_chunk)))
 }
 
-/// Applies what the device reported inside its subscribe: inline updates (value with revision
-/// and timestamp 0), the `target_change_pending: false` acknowledgement, and values it holds
-/// newer than the server.
-async fn apply_device_values(
-    state: &AppState,
-    serial: &str,
-    entries: &[Entry],
-    weave: &Option<Value>,
-) -> Result<(), ApiError> {
-    let with_values: Vec<&Entry> = entries.iter().filter(|e| e.value.as_ref().is_some_and(|v| !v.is_empty())).collect();
-    if with_values.is_empty() {
-        return Ok(());
-    }
-    state
-        .store
-        .plan(
-            serial,
-            Origin::Device,
-            false,
-            |current| {
-                let mut ops = Vec::new();
-                for e in with_values {
-                    let fields = e.value.clone().unwrap_or_default();
-                    let server_ts = current.get(&e.key).map_or(0, |b| b.timestamp);
-                    if e.revision == 0 && e.timestamp == 0 {
-                        ops.push(Op::Merge {
-                            key: e.key.clone(),
-                            fields: with_weave(fields, weave),
-                            if_revision: None,
-                        });
-                    } else if fields.get("target_change_pending") == Some(&Value::Bool(false))
-                        && e.key.starts_with("shared.")
-                    {
-                        // Only an acknowledgement of the current version clears the flag; an older
-                        // one gets the newer bucket in the reply.
-                        if e.timestamp >= server_ts {
-                            ops.push(Op::ClearPending { key: e.key.clone() });
-                        }
-                    } else if e.timestamp > server_ts {
-                        ops.push(Op::Adopt {
-                            key: e.key.clone(),
-                            fields,
-                            revision: e.revision,
-                            timestamp: e.timestamp,
-                        });
-                    }
-                }
-                ops
-            },
-            None,
-        )
-        .await?;
-    Ok(())
+/// An objects-dialect entry as the engine sees a listed bucket: the objects dialect always
+/// gives a version (a missing one is 0, "I have nothing").
+fn listed(e: Entry) -> Listed {
+    Listed { key: e.key, version: Some(Version::new(e.revision, e.timestamp)), value: e.value }
 }
 
-/// A paired device gets `user.<owner>` (whose `name` completes pairing) and
-/// `structure.<id>`. Creates them when missing; returns their keys.
-pub(crate) async fn ensure_pairing_buckets(
-    state: &AppState,
-    serial: &str,
-    owner: &str,
-) -> Result<Vec<String>, ApiError> {
-    let user_key = format!("user.{owner}");
-    let structure_key = format!("structure.{}", structure_id(owner));
-    if state.store.get(serial, &user_key).is_none() || state.store.get(serial, &structure_key).is_none() {
-        let ops = pairing_buckets(serial, owner)
-            .into_iter()
-            .map(|(key, fields)| Op::CreateIfMissing { key, fields })
-            .collect();
-        state.store.apply(serial, Origin::Pairing, false, ops).await?;
-    }
-    Ok(vec![user_key, structure_key])
-}
-
-/// The user bucket (its `name` completes pairing on the device) and the structure bucket that
-/// pair a device to `owner`.
-pub(crate) fn pairing_buckets(serial: &str, owner: &str) -> [(String, Fields); 2] {
-    let mut user = Fields::new();
-    user.insert("name".into(), Value::String(owner.to_string()));
-    let mut structure = Fields::new();
-    structure.insert("name".into(), "Home".into());
-    structure.insert("devices".into(), Value::Array(vec![Value::String(format!("device.{serial}"))]));
-    [(format!("user.{owner}"), user), (format!("structure.{}", structure_id(owner)), structure)]
-}
-
-/// The state of one held subscribe response.
-struct Hold {
+/// One held subscribe response.
+struct Held {
     subscription: Subscription,
+    hold: HoldState,
+    store: Arc<Store>,
     first: Option<Bytes>,
-    /// Newest timestamp the device holds (or was sent) per key.
-    known: HashMap<String, i64>,
     deadline: Instant,
     batch_until: Option<Instant>,
     answered: bool,
     shutdown: CancellationToken,
 }
 
-impl Hold {
+impl Held {
     /// The next chunk, or `None` to end the response with the terminal chunk: right after an
     /// immediate answer (the device resubscribes with its new timestamps at once), at the hold
     /// timeout, 3 s after the last push, at shutdown, or when the hub ended this subscribe.
@@ -268,37 +149,21 @@ impl Hold {
             while let Ok(more) = self.subscription.rx.try_recv() {
                 changes.push(more);
             }
-            if let Some(chunk) = self.render(&changes) {
-                self.batch_until = Some(Instant::now() + BATCH_WINDOW);
-                return Some((Ok(chunk), self));
+            let committed: Vec<Committed<'_>> =
+                changes.iter().map(|c| Committed { origin: c.origin, buckets: &c.buckets }).collect();
+            let pushed = self.hold.push(&committed);
+            if pushed.is_empty() {
+                continue;
             }
-        }
-    }
-
-    /// One document with every pushed bucket the device does not already hold (all of them
-    /// for `/notify-device`).
-    fn render(&mut self, changes: &[Arc<Change>]) -> Option<Bytes> {
-        let forced = changes.iter().any(|c| c.origin == Origin::Notify);
-        let mut latest: Vec<(&str, &Bucket)> = Vec::new();
-        for change in changes {
-            for (key, b) in &change.buckets {
-                match latest.iter_mut().find(|(k, _)| k == key) {
-                    Some(slot) => slot.1 = b,
-                    None => latest.push((key, b)),
-                }
+            let serial = self.subscription.serial();
+            if let Err(e) = self.store.commit(serial, SentRequest::of(&pushed)).await {
+                tracing::warn!(%serial, error = %e, "could not record a push");
             }
+            let objects: Vec<WireObject<'_>> = pushed.iter().map(|(k, b)| WireObject::full(k, b)).collect();
+            let chunk = Bytes::from(objects_document(&objects));
+            self.batch_until = Some(Instant::now() + BATCH_WINDOW);
+            return Some((Ok(chunk), self));
         }
-        if !forced {
-            latest.retain(|(k, b)| server_is_newer(b.timestamp, self.known.get(*k).copied().unwrap_or(0)));
-        }
-        if latest.is_empty() {
-            return None;
-        }
-        for (k, b) in &latest {
-            self.known.insert((*k).to_string(), b.timestamp);
-        }
-        let objects: Vec<WireObject<'_>> = latest.iter().map(|(k, b)| WireObject::full(k, b)).collect();
-        Some(Bytes::from(objects_document(&objects)))
     }
 }
 
@@ -312,55 +177,18 @@ pub async fn put(
         return Ok(HttpResponse::Ok().json(serde_json::json!({"objects": []})));
     }
     arrived(&state, &caller).await?;
-    let weave = weave_id(&req);
-    // Keys holding a server change (a command, pairing) that this PUT was not based on: the
-    // device has not applied it yet, so its flag stays and the receipt must not claim it.
-    let mut behind: Vec<String> = Vec::new();
-    let applied = state
-        .store
-        .plan(
-            &caller.serial,
-            Origin::Device,
-            false,
-            |current| {
-                let mut ops = Vec::new();
-                for e in entries {
-                    let Some(fields) = e.value.filter(|v| !v.is_empty()) else { continue };
-                    let server = current.get(&e.key);
-                    let unseen = e.if_revision.is_none()
-                        && server
-                            .is_some_and(|b| b.unconfirmed && e.base_revision.is_some_and(|base| base != b.revision));
-                    let acknowledges =
-                        fields.len() == 1 && fields.get("target_change_pending") == Some(&Value::Bool(false));
-                    if unseen {
-                        behind.push(e.key.clone());
-                    }
-                    ops.push(match (acknowledges, unseen) {
-                        // Acknowledging an older push must not clear the flag of a newer one.
-                        (true, true) => Op::MergeUnseen { key: e.key, fields: Fields::new() },
-                        (true, false) if e.if_revision.is_none() => Op::ClearPending { key: e.key },
-                        (false, true) => Op::MergeUnseen { key: e.key, fields: with_weave(fields, &weave) },
-                        _ => Op::Merge { key: e.key, fields: with_weave(fields, &weave), if_revision: e.if_revision },
-                    });
-                }
-                ops
-            },
-            None,
-        )
-        .await?;
-    let objects: Vec<WireObject<'_>> = applied
-        .written
-        .iter()
-        .map(|w| {
-            let (rev, ts) = w.bucket.as_ref().map_or((0, 0), |b| (b.revision, b.timestamp));
-            // Just below the server's timestamp, so the server's copy stays newer for the device
-            // and the pending change reaches it (on the held subscribe or the next one).
-            let ts = if behind.contains(&w.key) { ts.saturating_sub(1) } else { ts };
-            WireObject::receipt(&w.key, rev, ts)
-        })
-        .collect();
-    let conflicts = applied.written.iter().filter(|w| w.outcome == Outcome::Conflict).count();
-    tracing::debug!(serial = %caller.serial, objects = objects.len(), conflicts, changed = applied.change.is_some(), "put");
+    let serial = caller.serial.as_str();
+    for e in entries.iter().filter(|e| e.base_revision.is_some()) {
+        // Informational only (§8.4); firmware and other clients send 0 or stale values here.
+        tracing::trace!(serial, object_key = %e.key, base_object_revision = e.base_revision, "put");
+    }
+    let request = PutRequest { entries, weave_device_id: weave_id(&req) };
+    let reply = state.store.commit(serial, request).await?.reply;
+    let objects: Vec<WireObject<'_>> =
+        reply.receipts.iter().map(|r| WireObject::receipt(&r.key, r.version.revision, r.version.timestamp)).collect();
+    let conflicts = reply.receipts.iter().filter(|r| r.outcome == Outcome::Conflict).count();
+    let behind: Vec<&str> = reply.behind().collect();
+    tracing::debug!(serial, objects = objects.len(), conflicts, ?behind, "put");
     Ok(transport_ok(&state).content_type("application/json").body(objects_document(&objects)))
 }
 

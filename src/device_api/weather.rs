@@ -70,13 +70,8 @@ fn answer(data: Value, asked: Option<&str>) -> Value {
 
 pub async fn weather(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let (postal, country, asked) = location(&req);
-    let pool = state.store.pool();
-    let cached: Option<(i64, Option<String>)> =
-        sqlx::query_as("SELECT \"fetchedAt\", data FROM weather WHERE \"postalCode\" = ? AND country = ?")
-            .bind(&postal)
-            .bind(&country)
-            .fetch_optional(pool)
-            .await?;
+    let cache = state.store.weather();
+    let cached = cache.get(&postal, &country).await?;
     let cached = cached.and_then(|(at, data)| Some((at, serde_json::from_str::<Value>(&data?).ok()?)));
     if let Some((at, data)) = &cached {
         if now_ms() - at < state.config.weather_cache_ttl_ms as i64 {
@@ -91,22 +86,7 @@ pub async fn weather(req: HttpRequest, state: web::Data<AppState>) -> Result<Htt
     };
     match fetch(&state.config.weather_upstream_url, &upstream_query).await {
         Ok(data) => {
-            sqlx::query(
-                "INSERT INTO weather (\"postalCode\", country, \"fetchedAt\", data) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (\"postalCode\", country) DO UPDATE SET \"fetchedAt\" = excluded.\"fetchedAt\", data = excluded.data",
-            )
-            .bind(&postal)
-            .bind(&country)
-            .bind(now_ms())
-            .bind(data.to_string())
-            .execute(pool)
-            .await?;
-            sqlx::query(
-                "DELETE FROM weather WHERE rowid NOT IN (SELECT rowid FROM weather ORDER BY \"fetchedAt\" DESC LIMIT ?)",
-            )
-            .bind(MAX_LOCATIONS)
-            .execute(pool)
-            .await?;
+            cache.put(&postal, &country, &data.to_string(), MAX_LOCATIONS).await?;
             Ok(HttpResponse::Ok().json(answer(data, asked.as_deref())))
         }
         Err(e) => {

@@ -13,9 +13,6 @@ pub struct Bucket {
     pub value: Fields,
     /// Server wall-clock of the last write, ms.
     pub updated_at: i64,
-    /// Holds a change from the server (a command, pairing) that the device has not confirmed
-    /// yet. Kept in memory only.
-    pub unconfirmed: bool,
 }
 
 /// The wire form of a bucket. Field order matters to the firmware: revision and timestamp
@@ -54,15 +51,6 @@ struct Objects<'a> {
 pub fn objects_document(objects: &[WireObject<'_>]) -> Vec<u8> {
     // Serialising plain structs and JSON values cannot fail.
     serde_json::to_vec(&Objects { objects }).unwrap_or_else(|_| b"{\"objects\":[]}".to_vec())
-}
-
-/// Whether the server's copy should be sent to a device that holds `(client_ts)`.
-/// Timestamps decide: 0 means "no data", equal means in sync.
-pub fn server_is_newer(server_ts: i64, client_ts: i64) -> bool {
-    if server_ts == 0 {
-        return false;
-    }
-    client_ts == 0 || server_ts > client_ts
 }
 
 /// Python truthiness: the reference's `a or b` fallbacks and flag reads rely on it.
@@ -231,7 +219,7 @@ mod tests {
         let mut value = Fields::new();
         value.insert("z".into(), json!(21.0));
         value.insert("a".into(), json!(21));
-        let b = Bucket { revision: 3, timestamp: 17, value, updated_at: 0, unconfirmed: false };
+        let b = Bucket { revision: 3, timestamp: 17, value, updated_at: 0 };
         let doc = objects_document(&[WireObject::full("shared.X", &b)]);
         assert_eq!(
             String::from_utf8(doc).unwrap(),
@@ -242,17 +230,6 @@ mod tests {
             String::from_utf8(doc).unwrap(),
             r#"{"objects":[{"object_revision":3,"object_timestamp":17,"object_key":"shared.X"}]}"#
         );
-    }
-
-    #[test]
-    fn newer_is_decided_by_timestamps() {
-        assert!(server_is_newer(5, 0));
-        assert!(!server_is_newer(0, 0), "no placeholder for a bucket the server lacks");
-        assert!(!server_is_newer(0, 1000));
-        assert!(server_is_newer(2001, 2000));
-        assert!(!server_is_newer(2000, 2001));
-        assert!(!server_is_newer(5000, 5000), "equal is in sync");
-        assert!(server_is_newer(1770147852122, 1770146554007));
     }
 
     #[test]

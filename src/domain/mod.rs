@@ -8,5 +8,6 @@ pub mod lock;
 pub mod preset;
 pub mod schedule;
 pub mod serial;
+pub mod sync;
 pub mod time;
 pub mod v3;

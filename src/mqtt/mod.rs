@@ -80,16 +80,9 @@ impl Settings {
     }
 
     /// From an enabled `integrations` row written by `POST /api/mqtt-config`.
-    pub async fn from_database(pool: &sqlx::SqlitePool) -> Option<Self> {
-        let config: Option<String> = sqlx::query_scalar(
-            "SELECT config FROM integrations WHERE type = 'mqtt' AND enabled = 1 ORDER BY \"updatedAt\" DESC LIMIT 1",
-        )
-        .fetch_optional(pool)
-        .await
-        .ok()
-        .flatten()
-        .flatten();
-        let v: Value = serde_json::from_str(&config?).ok()?;
+    /// From the configuration a client stored with `/api/mqtt-config` (JSON text).
+    pub fn from_stored(config: &str) -> Option<Self> {
+        let v: Value = serde_json::from_str(config).ok()?;
         let broker = Broker::parse(v["brokerUrl"].as_str()?)?;
         let text = |k: &str, d: &str| v[k].as_str().unwrap_or(d).to_string();
         let username = v["username"].as_str().filter(|u| !u.is_empty()).map(String::from);

@@ -677,7 +677,6 @@ mod tests {
                 timestamp: 500,
                 value: obj(json!({"target_temperature": 22.0, "target_change_pending": true})),
                 updated_at: 0,
-                unconfirmed: false,
             };
             let skv = render::skv(Profile::V43.shape(), &key, &bucket).unwrap();
             let mut headers: Vec<(&str, String)> = skv.headers.to_vec();

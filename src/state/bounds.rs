@@ -98,13 +98,7 @@ mod tests {
     use serde_json::json;
 
     fn bucket(value: serde_json::Value) -> Bucket {
-        Bucket {
-            revision: 1,
-            timestamp: 1,
-            value: value.as_object().cloned().unwrap_or_default(),
-            updated_at: 0,
-            unconfirmed: false,
-        }
+        Bucket { revision: 1, timestamp: 1, value: value.as_object().cloned().unwrap_or_default(), updated_at: 0 }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::RwLock;
 
 use sqlx::SqlitePool;
 
+pub use crate::domain::sync::structure_id;
 use crate::domain::time::now_ms;
 
 /// The user that owns devices adopted without pairing, and that the web UI registers as.
@@ -325,11 +326,6 @@ fn code_from(fill: impl FnOnce(&mut [u8]) -> Result<(), getrandom::Error>) -> Op
             .map(|(i, b)| if i < 3 { (b'0' + b % 10) as char } else { (b'A' + b % 26) as char })
             .collect(),
     )
-}
-
-/// The user id with a leading `user_` removed, as used in `structure.<id>`.
-pub fn structure_id(user: &str) -> &str {
-    user.strip_prefix("user_").unwrap_or(user)
 }
 
 #[cfg(test)]

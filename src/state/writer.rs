@@ -1,5 +1,6 @@
 //! The single SQLite writer: commits bucket changes in batches (group commit) and assigns
 //! change ids in commit order. A caller is answered only after its batch is durable in WAL.
+//! Every write of `states`, `roost_pending` and `roost_changes` happens here.
 
 use std::sync::Arc;
 
@@ -15,17 +16,34 @@ const UPSERT_ROWS_PER_STATEMENT: usize = 512;
 const JOURNAL_ROWS_PER_STATEMENT: usize = 256;
 
 pub(crate) enum DbOp {
-    Upsert { key: String, bucket: Arc<Bucket> },
+    Upsert {
+        key: String,
+        bucket: Arc<Bucket>,
+    },
+    /// A bucket's pending-command record (JSON), or its removal.
+    Pending {
+        key: String,
+        record: Option<String>,
+    },
+    /// Every bucket and record of the serial.
     DeleteSerial,
+}
+
+/// A journal row: the change the event stream replays.
+pub(crate) struct Journal {
+    pub origin: &'static str,
+    /// Keys whose state changed (JSON array).
+    pub keys: String,
+    /// A named event's kind and JSON detail.
+    pub event: Option<(&'static str, String)>,
 }
 
 pub(crate) struct Commit {
     pub serial: String,
-    pub origin: &'static str,
     pub ops: Vec<DbOp>,
-    /// A named event's kind and JSON detail.
-    pub event: Option<(&'static str, String)>,
-    pub ack: oneshot::Sender<Result<i64, String>>,
+    pub journal: Option<Journal>,
+    /// The change id when journaled.
+    pub ack: oneshot::Sender<Result<Option<i64>, String>>,
 }
 
 pub(crate) fn spawn(mut conn: SqliteConnection, mut next_id: i64, capacity: usize) -> mpsc::Sender<Commit> {
@@ -43,8 +61,11 @@ pub(crate) fn spawn(mut conn: SqliteConnection, mut next_id: i64, capacity: usiz
             match write_batch(&mut conn, &batch, next_id).await {
                 Ok(()) => {
                     for commit in batch.drain(..) {
-                        let _ = commit.ack.send(Ok(next_id));
-                        next_id += 1;
+                        let id = commit.journal.is_some().then(|| {
+                            next_id += 1;
+                            next_id - 1
+                        });
+                        let _ = commit.ack.send(Ok(id));
                     }
                 }
                 Err(e) => {
@@ -65,25 +86,28 @@ pub(crate) fn spawn(mut conn: SqliteConnection, mut next_id: i64, capacity: usiz
 async fn write_batch(conn: &mut SqliteConnection, batch: &[Commit], first_id: i64) -> Result<(), sqlx::Error> {
     let now = crate::domain::time::now_ms();
     let mut upserts: Vec<(&str, &str, &Bucket)> = Vec::new();
+    let mut pending: Vec<(&str, &str, Option<&str>)> = Vec::new();
     let mut deletes: Vec<&str> = Vec::new();
-    let mut journal: Vec<(i64, &Commit, String)> = Vec::with_capacity(batch.len());
-    for (i, commit) in batch.iter().enumerate() {
-        let mut keys = Vec::with_capacity(commit.ops.len());
+    let mut journal: Vec<(i64, &Commit, &Journal)> = Vec::with_capacity(batch.len());
+    let mut id = first_id;
+    for commit in batch {
         for op in &commit.ops {
             match op {
-                DbOp::Upsert { key, bucket } => {
-                    upserts.push((&commit.serial, key, bucket));
-                    keys.push(serde_json::Value::String(key.clone()));
-                }
+                DbOp::Upsert { key, bucket } => upserts.push((&commit.serial, key, bucket)),
+                DbOp::Pending { key, record } => pending.push((&commit.serial, key, record.as_deref())),
                 DbOp::DeleteSerial => deletes.push(&commit.serial),
             }
         }
-        journal.push((first_id + i as i64, commit, serde_json::Value::Array(keys).to_string()));
+        if let Some(j) = &commit.journal {
+            journal.push((id, commit, j));
+            id += 1;
+        }
     }
 
     let mut tx = conn.begin().await?;
     for serial in deletes {
         sqlx::query("DELETE FROM states WHERE serial = ?").bind(serial).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM roost_pending WHERE serial = ?").bind(serial).execute(&mut *tx).await?;
     }
     for rows in upserts.chunks(UPSERT_ROWS_PER_STATEMENT) {
         let placeholders = vec!["(?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
@@ -108,21 +132,44 @@ async fn write_batch(conn: &mut SqliteConnection, batch: &[Commit], first_id: i6
         }
         query.execute(&mut *tx).await?;
     }
+    // Rare (commands and their confirmation): one statement each.
+    for (serial, key, record) in pending {
+        match record {
+            Some(record) => {
+                sqlx::query(
+                    "INSERT INTO roost_pending (serial, object_key, record) VALUES (?, ?, ?)
+                     ON CONFLICT (serial, object_key) DO UPDATE SET record = excluded.record",
+                )
+                .bind(serial)
+                .bind(key)
+                .bind(record)
+                .execute(&mut *tx)
+                .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM roost_pending WHERE serial = ? AND object_key = ?")
+                    .bind(serial)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?
+            }
+        };
+    }
     for rows in journal.chunks(JOURNAL_ROWS_PER_STATEMENT) {
         let placeholders = vec!["(?, ?, ?, ?, ?, ?, ?)"; rows.len()].join(", ");
         let sql = format!(
             "INSERT INTO roost_changes (id, serial, origin, object_keys, created_at, event, detail) VALUES {placeholders}"
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (id, commit, keys) in rows {
+        for (id, commit, j) in rows {
             query = query
                 .bind(*id)
                 .bind(&commit.serial)
-                .bind(commit.origin)
-                .bind(keys)
+                .bind(j.origin)
+                .bind(&j.keys)
                 .bind(now)
-                .bind(commit.event.as_ref().map(|(kind, _)| *kind))
-                .bind(commit.event.as_ref().map(|(_, detail)| detail.as_str()));
+                .bind(j.event.as_ref().map(|(kind, _)| *kind))
+                .bind(j.event.as_ref().map(|(_, detail)| detail.as_str()));
         }
         query.execute(&mut *tx).await?;
     }

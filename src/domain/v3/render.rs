@@ -190,7 +190,7 @@ mod tests {
 
     fn bucket(revision: i64, timestamp: i64, value: Value) -> Bucket {
         let Value::Object(value) = value else { panic!("object") };
-        Bucket { revision, timestamp, value, updated_at: 0, unconfirmed: false }
+        Bucket { revision, timestamp, value, updated_at: 0 }
     }
 
     fn text(bytes: Vec<u8>) -> String {

@@ -1,0 +1,222 @@
+//! What every planner sees and returns: the device's state, the context of a write, and the
+//! plan the store commits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde_json::Value;
+
+use super::delivery::{Expiry, Pending};
+use super::version::Version;
+use crate::domain::bucket::Bucket;
+
+/// A thermostat's buckets by key, in the order they were first written.
+pub type Buckets = IndexMap<String, Arc<Bucket>>;
+
+/// Commands the thermostat has not confirmed yet, by bucket key.
+pub type PendingMap = IndexMap<String, Pending>;
+
+/// Everything the store holds for one thermostat, as the planners see it.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceState {
+    pub buckets: Buckets,
+    /// Durable: committed with the buckets.
+    pub pending: PendingMap,
+    /// The newest version of each bucket sent on any subscribe since this process started.
+    /// Firmware 4.3.3 lists keys without versions; this is what it was given.
+    pub sent: HashMap<String, Version>,
+    /// The structure bucket went out once since this process started (the first subscribe
+    /// after a start always carries it: a device may have reset its mode while its cached
+    /// timestamp survived in flash).
+    pub structure_sent: bool,
+}
+
+/// Who made a change; decides who is woken (a device's own write is never pushed back to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Device,
+    Command,
+    Pairing,
+    Server,
+    /// `/notify-device`: every bucket is pushed again, nothing is written.
+    Notify,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Device => "device",
+            Origin::Command => "command",
+            Origin::Pairing => "pairing",
+            Origin::Server => "server",
+            Origin::Notify => "notify",
+        }
+    }
+
+    /// Whether a change of this origin is pushed to the device's held subscribes.
+    pub fn wakes_device(self) -> bool {
+        self != Origin::Device
+    }
+}
+
+/// A named event that travels with a change (and is journaled with it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// `command`, `availability` or `pairing`.
+    pub kind: &'static str,
+    pub detail: Value,
+}
+
+/// What happened to one bucket a device wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Changed,
+    Unchanged,
+    /// `if_object_revision` did not match; nothing written.
+    Conflict,
+    /// Over a size limit (buckets per device, fields per bucket); nothing written.
+    Refused,
+}
+
+/// Bounds on what made-up data can store; far above what a thermostat keeps (about 30 buckets,
+/// about 250 fields in the largest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub buckets_per_device: usize,
+    pub fields_per_bucket: usize,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits { buckets_per_device: 256, fields_per_bucket: 4096 };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The context of one write: the clock and the settings that rules depend on.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    pub now_ms: i64,
+    pub limits: Limits,
+    pub expiry: Expiry,
+}
+
+impl Context {
+    pub fn new(now_ms: i64) -> Self {
+        Self { now_ms, limits: Limits::default(), expiry: Expiry::default() }
+    }
+}
+
+/// A change to the durable record of one bucket's unconfirmed command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingUpdate {
+    pub key: String,
+    /// `None` removes the record.
+    pub record: Option<Pending>,
+    /// Whether clients see the difference (a command confirmed, overridden, expired or new),
+    /// so the change is announced on the event stream.
+    pub visible: bool,
+}
+
+/// Everything one request changes, computed without I/O; the store commits it as a whole.
+#[derive(Debug)]
+pub struct Plan<R> {
+    pub origin: Origin,
+    /// Buckets as they are to be stored (new revision and timestamp already set), each key once.
+    pub writes: Vec<(String, Arc<Bucket>)>,
+    pub pending: Vec<PendingUpdate>,
+    /// Versions that went out on a subscribe (process memory only).
+    pub sent: Vec<(String, Version)>,
+    pub structure_sent: bool,
+    pub event: Option<Event>,
+    /// Push every bucket again without writing (`/notify-device`).
+    pub notify: bool,
+    /// Remove every bucket and record of the device.
+    pub delete: bool,
+    /// What the caller renders.
+    pub reply: R,
+}
+
+impl<R> Plan<R> {
+    pub fn new(origin: Origin, reply: R) -> Self {
+        Self {
+            origin,
+            writes: Vec::new(),
+            pending: Vec::new(),
+            sent: Vec::new(),
+            structure_sent: false,
+            event: None,
+            notify: false,
+            delete: false,
+            reply,
+        }
+    }
+
+    /// Whether committing this plan produces a change (journaled and published).
+    pub fn changes_something(&self) -> bool {
+        !self.writes.is_empty()
+            || self.pending.iter().any(|p| p.visible)
+            || self.event.is_some()
+            || self.notify
+            || self.delete
+    }
+
+    /// Whether anything must be written to storage.
+    pub fn touches_storage(&self) -> bool {
+        self.changes_something() || !self.pending.is_empty()
+    }
+}
+
+/// A request the store can commit: it plans against the device's current state (under the
+/// device's write lock) and the store commits the plan whole.
+pub trait Planner {
+    type Reply;
+    /// Why a request is refused (nothing is written then).
+    type Refusal;
+    fn plan(self, state: &DeviceState, ctx: &Context) -> Result<Plan<Self::Reply>, Self::Refusal>;
+}
+
+/// Buckets written so far by a plan being built, over the device's stored ones.
+#[derive(Debug)]
+pub(crate) struct Draft<'a> {
+    stored: &'a Buckets,
+    written: IndexMap<String, Arc<Bucket>>,
+}
+
+impl<'a> Draft<'a> {
+    pub fn new(stored: &'a Buckets) -> Self {
+        Self { stored, written: IndexMap::new() }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&Arc<Bucket>> {
+        self.written.get(key).or_else(|| self.stored.get(key))
+    }
+
+    /// Whether storing `key` would add a bucket beyond the device's limit.
+    pub fn over_bucket_limit(&self, key: &str, limits: &Limits) -> bool {
+        self.get(key).is_none()
+            && self.stored.len() + self.written.keys().filter(|k| !self.stored.contains_key(*k)).count()
+                >= limits.buckets_per_device
+    }
+
+    /// Whether merging `fields` into `key` would grow it beyond the field limit.
+    pub fn over_field_limit(&self, key: &str, fields: &crate::domain::bucket::Fields, limits: &Limits) -> bool {
+        let existing = self.get(key).map(|b| &b.value);
+        let added = fields.keys().filter(|k| !existing.is_some_and(|e| e.contains_key(*k))).count();
+        existing.map_or(0, |e| e.len()) + added > limits.fields_per_bucket
+    }
+
+    pub fn put(&mut self, key: &str, bucket: Bucket) -> Arc<Bucket> {
+        let b = Arc::new(bucket);
+        self.written.insert(key.to_string(), b.clone());
+        b
+    }
+
+    pub fn into_writes(self) -> Vec<(String, Arc<Bucket>)> {
+        self.written.into_iter().collect()
+    }
+}

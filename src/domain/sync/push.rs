@@ -1,0 +1,126 @@
+//! Pushes: which committed change goes to which held subscribe.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::plan::Origin;
+use super::version::{Version, server_is_newer};
+use crate::domain::bucket::Bucket;
+
+/// What a held subscribe knows: the version of each bucket the device holds or was sent.
+#[derive(Debug, Clone, Default)]
+pub struct HoldState {
+    known: HashMap<String, Version>,
+    /// Only the keys the device listed may be pushed (v3).
+    listed_only: bool,
+}
+
+/// One committed change as a held subscribe sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Committed<'a> {
+    pub origin: Origin,
+    pub buckets: &'a [(String, Arc<Bucket>)],
+}
+
+impl HoldState {
+    pub fn new(known: HashMap<String, Version>, listed_only: bool) -> Self {
+        Self { known, listed_only }
+    }
+
+    /// The version the device holds of `key`, as far as this subscribe knows.
+    pub fn known(&self, key: &str) -> Option<Version> {
+        self.known.get(key).copied()
+    }
+
+    /// The buckets of `changes` (oldest first) to push now: the newest copy of each bucket the
+    /// device does not hold yet, in the order they were first changed; every bucket of a
+    /// `/notify-device` change; never the device's own writes. Empty: nothing for this device.
+    /// The pushed versions count as known from here on.
+    pub fn push(&mut self, changes: &[Committed<'_>]) -> Vec<(String, Arc<Bucket>)> {
+        let mut latest: Vec<(&str, &Arc<Bucket>, bool)> = Vec::new();
+        for change in changes.iter().filter(|c| c.origin.wakes_device()) {
+            let forced = change.origin == Origin::Notify;
+            for (key, bucket) in change.buckets {
+                if self.listed_only && !self.known.contains_key(key) {
+                    continue;
+                }
+                match latest.iter_mut().find(|(k, ..)| *k == key) {
+                    Some(slot) => *slot = (key, bucket, slot.2 || forced),
+                    None => latest.push((key, bucket, forced)),
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(latest.len());
+        for (key, bucket, forced) in latest {
+            let device = self.known.get(key).copied().unwrap_or(Version::NONE);
+            if forced || server_is_newer(Version::of(bucket), device) {
+                self.known.insert(key.to_string(), Version::of(bucket));
+                out.push((key.to_string(), bucket.clone()));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn b(rev: i64, ts: i64) -> Arc<Bucket> {
+        Arc::new(Bucket {
+            revision: rev,
+            timestamp: ts,
+            value: json!({"t": rev}).as_object().cloned().unwrap(),
+            updated_at: 0,
+        })
+    }
+
+    fn hold(listed_only: bool) -> HoldState {
+        HoldState::new(HashMap::from([("shared.S".to_string(), Version::new(5, 1000))]), listed_only)
+    }
+
+    #[test]
+    fn tv12_a_device_write_is_never_pushed_back() {
+        let own = [("shared.S".to_string(), b(6, 2000))];
+        assert!(hold(false).push(&[Committed { origin: Origin::Device, buckets: &own }]).is_empty());
+    }
+
+    #[test]
+    fn tv08_a_command_reaches_the_held_subscribe_once() {
+        let mut h = hold(false);
+        let cmd = [("shared.S".to_string(), b(6, 2000))];
+        let out = h.push(&[Committed { origin: Origin::Command, buckets: &cmd }]);
+        assert_eq!(out.len(), 1);
+        assert!(h.push(&[Committed { origin: Origin::Command, buckets: &cmd }]).is_empty(), "already sent");
+        assert_eq!(h.known("shared.S"), Some(Version::new(6, 2000)));
+    }
+
+    #[test]
+    fn queued_changes_collapse_to_the_newest_copy_of_each_bucket() {
+        let mut h = hold(false);
+        let a = [("shared.S".to_string(), b(6, 2000))];
+        let both = [("structure.h".to_string(), b(1, 2100)), ("shared.S".to_string(), b(7, 2200))];
+        let out = h.push(&[
+            Committed { origin: Origin::Command, buckets: &a },
+            Committed { origin: Origin::Pairing, buckets: &both },
+        ]);
+        let keys: Vec<(&str, i64)> = out.iter().map(|(k, b)| (k.as_str(), b.revision)).collect();
+        assert_eq!(keys, [("shared.S", 7), ("structure.h", 1)]);
+    }
+
+    #[test]
+    fn tv17_pairing_reaches_a_device_that_lists_only_its_own_buckets_but_not_on_v3() {
+        let pairing = [("user.u1".to_string(), b(1, 3000)), ("structure.u1".to_string(), b(1, 3000))];
+        let c = [Committed { origin: Origin::Pairing, buckets: &pairing }];
+        assert_eq!(hold(false).push(&c).len(), 2, "same chunk");
+        assert!(hold(true).push(&c).is_empty(), "v3 pushes listed keys only");
+    }
+
+    #[test]
+    fn notify_pushes_even_what_the_device_holds() {
+        let same = [("shared.S".to_string(), b(5, 1000))];
+        assert!(hold(false).push(&[Committed { origin: Origin::Command, buckets: &same }]).is_empty());
+        assert_eq!(hold(false).push(&[Committed { origin: Origin::Notify, buckets: &same }]).len(), 1);
+    }
+}

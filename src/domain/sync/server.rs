@@ -1,0 +1,324 @@
+//! Changes the server makes: commands, pairing, the pairing dialog, `/notify-device`, named
+//! events, deleting a device, expiring commands that never went out, and recording what went
+//! out on a subscribe.
+
+use serde_json::{Value, json};
+
+use super::delivery::Ledger;
+use super::plan::{Context, DeviceState, Draft, Event, Origin, Plan, Planner};
+use super::subscribe::carries_flag;
+use super::version::{Bump, Version, write};
+use crate::domain::bucket::{Fields, merged};
+use crate::domain::command::{self, CommandError, DeviceView, Target};
+
+/// The user id with a leading `user_` removed, as used in `structure.<id>`.
+pub fn structure_id(user: &str) -> &str {
+    user.strip_prefix("user_").unwrap_or(user)
+}
+
+/// The user bucket (its `name` completes pairing on the device) and the structure bucket that
+/// pair a device to `owner` (§10).
+pub fn pairing_buckets(serial: &str, owner: &str) -> [(String, Fields); 2] {
+    let mut user = Fields::new();
+    user.insert("name".into(), Value::String(owner.to_string()));
+    let mut structure = Fields::new();
+    structure.insert("name".into(), "Home".into());
+    structure.insert("devices".into(), Value::Array(vec![Value::String(format!("device.{serial}"))]));
+    [(format!("user.{owner}"), user), (format!("structure.{}", structure_id(owner)), structure)]
+}
+
+/// A validated command (`/command`, MQTT, the web UI): its writes are committed and pushed
+/// together, and stay pending until the thermostat confirms them.
+#[derive(Debug, Clone)]
+pub struct CommandRequest {
+    pub serial: String,
+    pub name: String,
+    pub value: Value,
+    /// The owner's structure id (`default` for a device without an owner).
+    pub structure_id: String,
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum CommandRefusal {
+    #[error("Device not found")]
+    NotFound,
+    #[error(transparent)]
+    Invalid(#[from] CommandError),
+}
+
+/// What a command wrote: its first bucket and fields (the reply echoes them).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandReply {
+    pub object_key: String,
+    pub values: Fields,
+}
+
+impl Planner for CommandRequest {
+    type Reply = CommandReply;
+    type Refusal = CommandRefusal;
+
+    fn plan(self, state: &DeviceState, ctx: &Context) -> Result<Plan<CommandReply>, CommandRefusal> {
+        let buckets = &state.buckets;
+        if buckets.is_empty() {
+            return Err(CommandRefusal::NotFound);
+        }
+        let key = |target: Target| target.key(&self.serial, &self.structure_id);
+        let value_of = |target: Target| buckets.get(&key(target)).map(|b| &b.value);
+        let view = DeviceView {
+            device: value_of(Target::Device),
+            shared: value_of(Target::Shared),
+            schedule: value_of(Target::Schedule),
+            structure: value_of(Target::Structure),
+            now_s: ctx.now_ms / 1000,
+            serial: &self.serial,
+        };
+        let planned = command::plan(&self.name, &self.value, view)?;
+        let mut draft = Draft::new(buckets);
+        let mut ledger = Ledger::new(&state.pending);
+        let mut first: Option<CommandReply> = None;
+        for w in planned.writes {
+            let key = key(w.target);
+            if draft.over_bucket_limit(&key, &ctx.limits) {
+                return Err(CommandError::Invalid("the thermostat holds too many buckets".into()).into());
+            }
+            let existing = draft.get(&key).cloned();
+            let value = match (&existing, w.replace) {
+                (Some(e), false) => merged(&e.value, &w.fields),
+                _ => w.fields.clone(),
+            };
+            let Some(bucket) = write(existing.as_deref(), value, ctx.now_ms, Bump::Always) else { continue };
+            ledger.command(&key, &w.fields, existing.as_ref().map(|e| &e.value), ctx.now_ms, bucket.timestamp);
+            draft.put(&key, bucket);
+            first.get_or_insert(CommandReply { object_key: key, values: w.fields });
+        }
+        let reply = first.ok_or_else(|| CommandError::Invalid("the command writes nothing".into()))?;
+        let mut plan = Plan::new(Origin::Command, reply);
+        plan.event = Some(Event {
+            kind: "command",
+            detail: json!({
+                "command": self.name, "value": self.value, "object_key": plan.reply.object_key,
+                "values": plan.reply.values, "state": "pending",
+            }),
+        });
+        plan.pending = ledger.finish().0;
+        plan.writes = draft.into_writes();
+        Ok(plan)
+    }
+}
+
+/// A pairing code was claimed: the user and structure buckets go to the thermostat together,
+/// with fresh versions even if they existed.
+#[derive(Debug, Clone)]
+pub struct PairRequest {
+    pub serial: String,
+    pub owner: String,
+}
+
+impl Planner for PairRequest {
+    type Reply = ();
+    type Refusal = std::convert::Infallible;
+
+    fn plan(self, state: &DeviceState, ctx: &Context) -> Result<Plan<()>, Self::Refusal> {
+        let mut draft = Draft::new(&state.buckets);
+        for (key, fields) in pairing_buckets(&self.serial, &self.owner) {
+            let existing = draft.get(&key).cloned();
+            let value = existing.as_ref().map_or_else(|| fields.clone(), |e| merged(&e.value, &fields));
+            if let Some(b) = write(existing.as_deref(), value, ctx.now_ms, Bump::Always) {
+                draft.put(&key, b);
+            }
+        }
+        let mut plan = Plan::new(Origin::Pairing, ());
+        plan.event = Some(Event { kind: "pairing", detail: json!({"action": "paired", "user": self.owner}) });
+        plan.writes = draft.into_writes();
+        Ok(plan)
+    }
+}
+
+/// The `confirm-pairing` dialog on the thermostat's screen.
+#[derive(Debug, Clone)]
+pub enum DialogRequest {
+    /// Shown while a pairing code is issued (created once).
+    Offer { serial: String },
+    /// Dismissed by pushing an empty dialog. Replies whether there was one.
+    Dismiss { serial: String },
+}
+
+impl Planner for DialogRequest {
+    type Reply = bool;
+    type Refusal = std::convert::Infallible;
+
+    fn plan(self, state: &DeviceState, ctx: &Context) -> Result<Plan<bool>, Self::Refusal> {
+        let (serial, offer) = match &self {
+            DialogRequest::Offer { serial } => (serial, true),
+            DialogRequest::Dismiss { serial } => (serial, false),
+        };
+        let key = format!("device_alert_dialog.{serial}");
+        let existing = state.buckets.get(&key);
+        let mut draft = Draft::new(&state.buckets);
+        let mut plan = if offer {
+            let mut dialog = Fields::new();
+            dialog.insert("dialog_data".into(), "".into());
+            dialog.insert("dialog_id".into(), "confirm-pairing".into());
+            if existing.is_none() && !draft.over_bucket_limit(&key, &ctx.limits) {
+                if let Some(b) = write(None, dialog, ctx.now_ms, Bump::IfChanged) {
+                    draft.put(&key, b);
+                }
+            }
+            Plan::new(Origin::Device, existing.is_some())
+        } else {
+            let mut plan = Plan::new(Origin::Pairing, existing.is_some());
+            if existing.is_some() {
+                if let Some(b) = write(existing.map(|b| &**b), Fields::new(), ctx.now_ms, Bump::Always) {
+                    draft.put(&key, b);
+                }
+                plan.event = Some(Event { kind: "pairing", detail: json!({"action": "dismissed"}) });
+            }
+            plan
+        };
+        plan.writes = draft.into_writes();
+        Ok(plan)
+    }
+}
+
+/// `/notify-device`: every bucket is pushed again; nothing is written. Replies whether the
+/// device has any bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct NotifyRequest;
+
+impl Planner for NotifyRequest {
+    type Reply = bool;
+    type Refusal = std::convert::Infallible;
+
+    fn plan(self, state: &DeviceState, _: &Context) -> Result<Plan<bool>, Self::Refusal> {
+        let any = !state.buckets.is_empty();
+        let mut plan = Plan::new(Origin::Notify, any);
+        plan.notify = any;
+        Ok(plan)
+    }
+}
+
+/// A named event that changes no bucket (availability, pairing).
+#[derive(Debug, Clone)]
+pub struct RecordRequest {
+    pub origin: Origin,
+    pub event: Event,
+}
+
+impl Planner for RecordRequest {
+    type Reply = ();
+    type Refusal = std::convert::Infallible;
+
+    fn plan(self, _: &DeviceState, _: &Context) -> Result<Plan<()>, Self::Refusal> {
+        let mut plan = Plan::new(self.origin, ());
+        plan.event = Some(self.event);
+        Ok(plan)
+    }
+}
+
+/// Whether every bucket a serial holds is pending pairing state (the confirm-pairing dialog a
+/// code request creates): such a serial is not a device yet.
+pub fn holds_pending_pairing_only(buckets: &super::plan::Buckets) -> bool {
+    buckets.keys().all(|k| k.starts_with("device_alert_dialog."))
+}
+
+/// Removes every bucket and record of a device. Replies how many buckets there were.
+#[derive(Debug, Clone)]
+pub struct DeleteRequest {
+    pub event: Event,
+    /// Only when the device holds nothing but pending pairing state (else nothing happens).
+    pub only_pending_pairing: bool,
+}
+
+impl Planner for DeleteRequest {
+    type Reply = usize;
+    type Refusal = std::convert::Infallible;
+
+    fn plan(self, state: &DeviceState, _: &Context) -> Result<Plan<usize>, Self::Refusal> {
+        if self.only_pending_pairing && !holds_pending_pairing_only(&state.buckets) {
+            return Ok(Plan::new(Origin::Server, 0));
+        }
+        let mut plan = Plan::new(Origin::Server, state.buckets.len());
+        plan.delete = true;
+        plan.event = Some(self.event);
+        Ok(plan)
+    }
+}
+
+/// Commands that were never sent and whose time is up: the thermostat's last reported values
+/// are written back. Replies how many fields expired.
+#[derive(Debug, Clone, Copy)]
+pub struct ExpireRequest;
+
+impl Planner for ExpireRequest {
+    type Reply = usize;
+    type Refusal = std::convert::Infallible;
+
+    fn plan(self, state: &DeviceState, ctx: &Context) -> Result<Plan<usize>, Self::Refusal> {
+        let mut draft = Draft::new(&state.buckets);
+        let mut ledger = Ledger::new(&state.pending);
+        let mut count = 0;
+        for (key, pending) in &state.pending {
+            let expired = pending.expired(ctx.now_ms, &ctx.expiry);
+            if expired.is_empty() {
+                continue;
+            }
+            count += expired.len();
+            let mut restored = Fields::new();
+            let mut value = draft.get(key).map(|b| b.value.clone()).unwrap_or_default();
+            for name in &expired {
+                match pending.fields.get(name).and_then(|f| f.previous.clone()) {
+                    Some(previous) => {
+                        value.insert(name.clone(), previous.clone());
+                        restored.insert(name.clone(), previous);
+                    }
+                    None => {
+                        value.shift_remove(name);
+                    }
+                }
+            }
+            ledger.expired(key, &expired, restored);
+            // Nothing left for the display to confirm.
+            if ledger.get(key).is_none_or(|p| !p.has_setpoint()) && carries_flag(&value) {
+                value.insert(super::delivery::PENDING_FLAG.into(), Value::Bool(false));
+            }
+            let existing = draft.get(key).cloned();
+            if let Some(b) = write(existing.as_deref(), value, ctx.now_ms, Bump::IfChanged) {
+                draft.put(key, b);
+            }
+        }
+        let mut plan = Plan::new(Origin::Server, count);
+        (plan.pending, plan.event) = ledger.finish();
+        plan.writes = draft.into_writes();
+        Ok(plan)
+    }
+}
+
+/// What went out on a held subscribe (the subscribe's own answer records itself): for
+/// devices that list bare keys, and for knowing which pushes await an acknowledgement.
+#[derive(Debug, Clone, Default)]
+pub struct SentRequest {
+    /// Key, version, and whether the value carried `target_change_pending: true`.
+    pub sent: Vec<(String, Version, bool)>,
+}
+
+impl SentRequest {
+    pub fn of(buckets: &[(String, std::sync::Arc<crate::domain::bucket::Bucket>)]) -> Self {
+        Self { sent: buckets.iter().map(|(k, b)| (k.clone(), Version::of(b), carries_flag(&b.value))).collect() }
+    }
+}
+
+impl Planner for SentRequest {
+    type Reply = ();
+    type Refusal = std::convert::Infallible;
+
+    fn plan(self, state: &DeviceState, _: &Context) -> Result<Plan<()>, Self::Refusal> {
+        let mut ledger = Ledger::new(&state.pending);
+        let mut plan = Plan::new(Origin::Device, ());
+        for (key, version, flag) in self.sent {
+            ledger.sent(&key, version, flag);
+            plan.sent.push((key, version));
+        }
+        plan.pending = ledger.finish().0;
+        Ok(plan)
+    }
+}
