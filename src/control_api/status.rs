@@ -8,6 +8,7 @@ use crate::AppState;
 use crate::device_api::query_param;
 use crate::domain::bucket::{Fields, truthy};
 use crate::domain::serial;
+use crate::domain::sync::delivery::Summary;
 use crate::domain::time::{iso8601, now_s};
 use crate::error::ApiError;
 
@@ -185,6 +186,11 @@ pub fn status_object(state: &AppState, serial: &str) -> Value {
     for key in ["can_heat", "can_cool", "has_fan"] {
         let value = out["capabilities"][key].clone();
         out.insert(key.into(), value);
+    }
+    // roost's own, present only while the thermostat has not confirmed a command (the fields
+    // above already show the commanded values).
+    if let Some(pending) = Summary::of(&state.store.pending(serial), &state.store.settings().expiry).to_json() {
+        out.insert("pending".into(), pending);
     }
     Value::Object(out)
 }

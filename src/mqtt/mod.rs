@@ -18,6 +18,7 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfigu
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
 
+use crate::domain::sync::delivery::Summary;
 use crate::domain::time::now_s;
 use crate::runtime::Stages;
 use crate::state::{Change, Origin};
@@ -564,6 +565,12 @@ impl Publisher {
             }
         }
         messages.extend(topics::ha_state(&self.naming, serial, view).into_iter().map(|m| (m, QoS::AtMostOnce)));
+        if self.naming.ha_discovery && view.device.is_some() && view.shared.is_some() {
+            let store = &self.state.store;
+            let pending = Summary::of(&store.pending(serial), &store.settings().expiry).to_json();
+            let attributes = json!({ "pending": pending }).to_string();
+            messages.push(((self.naming.ha(serial, "attributes"), attributes), QoS::AtMostOnce));
+        }
         for ((topic, payload), qos) in messages {
             if rediscovered {
                 // Home Assistant resets an entity whose config is re-sent (the preset to none,
@@ -594,7 +601,7 @@ impl Publisher {
             .buckets
             .iter()
             .any(|(k, _)| k.starts_with("device.") || k.starts_with("shared.") || k.starts_with("structure."));
-        if relevant && change.origin != Origin::Notify {
+        if (relevant || !change.pending.is_empty()) && change.origin != Origin::Notify {
             self.announce(serial);
         }
     }

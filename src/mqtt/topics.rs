@@ -29,7 +29,7 @@ impl Naming {
         format!("{}/{serial}/availability", self.prefix)
     }
 
-    fn ha(&self, serial: &str, name: &str) -> String {
+    pub(crate) fn ha(&self, serial: &str, name: &str) -> String {
         format!("{}/{serial}/ha/{name}", self.prefix)
     }
 
@@ -605,6 +605,8 @@ pub fn discovery(naming: &Naming, serial: &str, view: View<'_>) -> Vec<(String, 
     climate.insert("mode_state_topic".into(), json!(t("mode")));
     climate.insert("modes".into(), json!(view.modes()));
     climate.insert("action_topic".into(), json!(t("action")));
+    // Commands the thermostat has not confirmed yet (roost's own).
+    climate.insert("json_attributes_topic".into(), json!(t("attributes")));
     if view.has_fan() {
         climate.insert("fan_mode_command_topic".into(), json!(t("fan_mode/set")));
         climate.insert("fan_mode_state_topic".into(), json!(t("fan_mode")));

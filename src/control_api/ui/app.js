@@ -212,6 +212,13 @@ function render(card) {
   const online = n.querySelector(".online");
   online.textContent = s.is_available ? "online" : "offline";
   online.className = "badge online " + (s.is_available ? "on" : "off");
+  // A command the thermostat has not confirmed yet (roost's `pending`).
+  const waiting = n.querySelector(".waiting");
+  waiting.hidden = !s.pending;
+  if (s.pending) {
+    waiting.title = "waiting for the thermostat to confirm " + Object.keys(s.pending.fields).join(", ")
+      + (s.pending.expires ? "; dropped at " + new Date(s.pending.expires).toLocaleTimeString() + " if it stays away" : "");
+  }
   n.querySelector(".current").textContent = fmt(s.current_temperature, scale);
   n.querySelector(".humidity").textContent = s.humidity !== null && s.humidity !== undefined ? s.humidity + "% humidity" : "";
   const h = s.hvac || {};

@@ -243,6 +243,43 @@ impl Pending {
     }
 }
 
+/// What clients are shown of a device's pending commands (`/status`, `/api/devices`, MQTT).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Summary {
+    /// Commanded values by bucket field (`target_temperature`, `fan_timer_timeout`, …).
+    pub fields: Fields,
+    pub since_ms: Option<i64>,
+    /// When the soonest command expires unless it is sent first; `None` once all were sent.
+    pub expires_ms: Option<i64>,
+}
+
+impl Summary {
+    pub fn of(pending: &super::plan::PendingMap, expiry: &Expiry) -> Self {
+        let mut out = Summary::default();
+        for p in pending.values() {
+            out.fields.extend(p.values());
+            let since = p.fields.values().map(|f| f.at_ms).min();
+            out.since_ms = match (out.since_ms, since) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            out.expires_ms = match (out.expires_ms, p.expires_at(expiry)) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        out
+    }
+
+    /// `{"fields": {…}, "since": <ISO 8601>, "expires": <ISO 8601 or null>}` while something is
+    /// pending.
+    pub fn to_json(&self) -> Option<Value> {
+        let iso = |ms: Option<i64>| ms.map(crate::domain::time::iso8601);
+        (!self.fields.is_empty())
+            .then(|| json!({"fields": self.fields, "since": iso(self.since_ms), "expires": iso(self.expires_ms)}))
+    }
+}
+
 /// The pending records of one device while a plan is built: what changed, and how commands
 /// were resolved (for the event stream).
 #[derive(Debug)]
@@ -477,6 +514,22 @@ mod tests {
         p.sent(CURRENT, true);
         assert!(p.expired(i64::MAX, &e).is_empty(), "sent commands do not expire");
         assert_eq!(p.expires_at(&e), None);
+    }
+
+    #[test]
+    fn the_summary_shows_what_waits_and_until_when() {
+        let mut map = super::super::plan::PendingMap::new();
+        assert_eq!(Summary::of(&map, &Expiry::default()).to_json(), None);
+        map.insert("shared.S".into(), commanded());
+        let s = Summary::of(&map, &Expiry::default());
+        assert_eq!(s.fields, f(json!({"target_temperature": 23.0})));
+        assert_eq!((s.since_ms, s.expires_ms), (Some(10_000), Some(10_000 + 1_800_000)));
+        assert_eq!(
+            s.to_json(),
+            Some(
+                json!({"fields": {"target_temperature": 23.0}, "since": "1970-01-01T00:00:10.000Z", "expires": "1970-01-01T00:30:10.000Z"})
+            )
+        );
     }
 
     #[test]
