@@ -1,6 +1,6 @@
 //! One simulated thermostat.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +33,9 @@ pub struct ThermostatState {
     pub defer_window: Duration,
     /// Until when `X-nl-disable-defer-window` asks for changes to go out at once.
     pub defer_disabled_until: Option<tokio::time::Instant>,
+    /// Keys the server answered with the empty revision-0 object ("I have nothing"): not listed
+    /// again until the server sends data for them, or every subscribe is answered at once.
+    pub server_lacks: BTreeSet<String>,
 }
 
 impl ThermostatState {
@@ -50,6 +53,8 @@ pub struct Thermostat {
     transport: String,
     state: Arc<Mutex<ThermostatState>>,
     version: Arc<watch::Sender<u64>>,
+    /// PUT with `base_object_revision: 0`, as some clients do (the revision is informational).
+    base_revision_zero: bool,
 }
 
 fn lock(state: &Mutex<ThermostatState>) -> std::sync::MutexGuard<'_, ThermostatState> {
@@ -66,7 +71,14 @@ impl Thermostat {
             transport: "/nest/transport".into(),
             state: Arc::new(Mutex::new(ThermostatState::default())),
             version: Arc::new(version),
+            base_revision_zero: false,
         }
+    }
+
+    /// This thermostat sends `base_object_revision: 0` on every PUT.
+    pub fn with_base_revision_zero(mut self) -> Self {
+        self.base_revision_zero = true;
+        self
     }
 
     pub fn client(&self) -> &Client {
@@ -170,7 +182,7 @@ impl Thermostat {
             changes
                 .iter()
                 .map(|(key, value)| {
-                    let base = s.buckets.get(key).map_or(0, |b| b.revision);
+                    let base = if self.base_revision_zero { 0 } else { s.buckets.get(key).map_or(0, |b| b.revision) };
                     json!({"object_key": key, "base_object_revision": base, "value": value})
                 })
                 .collect()
@@ -230,7 +242,7 @@ impl Thermostat {
             .collect();
         for kind in ["device", "shared", "schedule"] {
             let key = format!("{kind}.{}", self.serial);
-            if !s.buckets.contains_key(&key) {
+            if !s.buckets.contains_key(&key) && !s.server_lacks.contains(&key) {
                 objects.push(json!({"object_key": key, "object_revision": 0, "object_timestamp": 0}));
             }
         }
@@ -260,10 +272,17 @@ impl Thermostat {
     }
 
     /// Someone turned the dial: like the firmware, the change waits out the defer window
-    /// (batching further turns) unless the server asked for immediate confirmation.
+    /// (batching further turns) unless the server asked for immediate confirmation, and a
+    /// change of `shared` says who made it and when (`touched_by` 2, the dial).
     pub fn turn_dial(&self, key_type: &str, fields: Value) -> tokio::task::JoinHandle<io::Result<Value>> {
         let me = self.clone();
         let key_type = key_type.to_string();
+        let mut fields = obj(fields);
+        if key_type == "shared" {
+            let now_s = crate::domain::time::now_s();
+            fields.insert("touched_by".into(), json!({"touched_by": 2, "touched_at": now_s, "touched_tzo": 0}));
+        }
+        let fields = Value::Object(fields);
         tokio::spawn(async move {
             let wait = {
                 let s = lock(&me.state);
@@ -276,13 +295,15 @@ impl Thermostat {
     }
 
     /// Applies one chunk of pushed objects; acknowledges a pushed setpoint as the firmware does.
-    pub async fn apply_chunk(&self, chunk: &[u8]) -> io::Result<()> {
+    /// Returns whether anything in it was new to the thermostat.
+    pub async fn apply_chunk(&self, chunk: &[u8]) -> io::Result<bool> {
         let doc: Value = serde_json::from_slice(chunk)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("chunk is not one JSON document: {e}")))?;
         let mut keys = Vec::new();
         let mut ack = false;
         // Eco as the firmware reports it once the structure's manual eco changes.
         let mut eco: Option<bool> = None;
+        let mut applied = false;
         {
             let mut s = lock(&self.state);
             for o in doc["objects"].as_array().into_iter().flatten() {
@@ -293,8 +314,14 @@ impl Thermostat {
                 };
                 keys.push(key.to_string());
                 let value = o["value"].as_object().cloned().unwrap_or_default();
+                if rev == 0 && ts == 0 && value.is_empty() {
+                    s.server_lacks.insert(key.to_string());
+                    continue;
+                }
+                s.server_lacks.remove(key);
                 let local_ts = s.buckets.get(key).map_or(0, |b| b.timestamp);
                 if ts > local_ts {
+                    applied = true;
                     if key.starts_with("shared.") && value.get("target_change_pending") == Some(&Value::Bool(true)) {
                         ack = true;
                     }
@@ -319,11 +346,13 @@ impl Thermostat {
             let mode = if on { "manual-eco" } else { "schedule" };
             self.set_local("device", json!({"eco": {"mode": mode, "leaf": on, "mode_update_timestamp": at}})).await?;
         }
-        Ok(())
+        Ok(applied)
     }
 
     /// One subscribe cycle: open, apply every chunk, return when the server ends the response.
-    pub async fn subscribe_once(&self) -> io::Result<()> {
+    /// Returns whether the server answered with data that was already known (a server that
+    /// does that on every subscribe would make a thermostat spin).
+    pub async fn subscribe_once(&self) -> io::Result<bool> {
         let (mut conn, head) = self.open_subscribe().await?;
         if head.status != 200 {
             let body = conn.read_body(&head).await.unwrap_or_default();
@@ -333,12 +362,15 @@ impl Thermostat {
                 String::from_utf8_lossy(&body)
             )));
         }
+        let mut chunks = 0;
+        let mut applied = false;
         while let Some(chunk) = conn.next_chunk().await? {
-            self.apply_chunk(&chunk).await?;
+            chunks += 1;
+            applied |= self.apply_chunk(&chunk).await?;
         }
         lock(&self.state).subscribes += 1;
         self.changed();
-        Ok(())
+        Ok(chunks > 0 && !applied)
     }
 
     /// Keeps a subscribe open until `stop`, resubscribing whenever the server ends one.
@@ -350,12 +382,20 @@ impl Thermostat {
                     _ = stop.cancelled() => break,
                     r = me.subscribe_once() => r,
                 };
+                // Nothing new in an immediate answer: wait a little rather than ask again at once.
+                let pause = match &result {
+                    Ok(true) => Some(Duration::from_millis(500)),
+                    Ok(false) => None,
+                    Err(_) => Some(Duration::from_millis(200)),
+                };
                 if let Err(e) = result {
                     lock(&me.state).last_error = Some(e.to_string());
                     me.changed();
+                }
+                if let Some(pause) = pause {
                     tokio::select! {
                         _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = tokio::time::sleep(pause) => {}
                     }
                 }
             }

@@ -10,28 +10,28 @@ use crate::helpers::*;
 
 /// One parsed server-sent event (or comment).
 #[derive(Debug, Clone, Default, PartialEq)]
-struct Sse {
-    id: Option<String>,
-    event: Option<String>,
-    data: Option<String>,
-    retry: Option<String>,
-    comment: Option<String>,
+pub(crate) struct Sse {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: Option<String>,
+    pub retry: Option<String>,
+    pub comment: Option<String>,
 }
 
 impl Sse {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(self.data.as_deref().unwrap_or("null")).unwrap()
     }
 }
 
-struct Stream {
+pub(crate) struct Stream {
     conn: Conn,
-    head: Head,
+    pub head: Head,
     buffer: String,
 }
 
 impl Stream {
-    async fn open(client: &Client, path: &str, last_event_id: Option<&str>) -> Stream {
+    pub async fn open(client: &Client, path: &str, last_event_id: Option<&str>) -> Stream {
         let mut req = Request::get(path).header("Accept", "text/event-stream");
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
@@ -43,7 +43,7 @@ impl Stream {
     }
 
     /// The next event or comment, waiting at most `limit`.
-    async fn next(&mut self, limit: Duration) -> Option<Sse> {
+    pub async fn next(&mut self, limit: Duration) -> Option<Sse> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let frame: String = self.buffer.drain(..end + 2).collect();
@@ -74,7 +74,7 @@ impl Stream {
     }
 
     /// The next event that is not a comment or a bare `retry:`.
-    async fn next_event(&mut self) -> Option<Sse> {
+    pub async fn next_event(&mut self) -> Option<Sse> {
         loop {
             let e = self.next(WAIT).await?;
             if e.data.is_some() {

@@ -5,6 +5,7 @@ mod access;
 mod bad_input;
 mod commands;
 mod control;
+mod delivery;
 mod events;
 mod exhaustion;
 mod helpers;

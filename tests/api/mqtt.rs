@@ -91,6 +91,7 @@ on_both_brokers!(
     home_assistant_cases_from_the_first_hour,
     entities_for_what_the_thermostat_has,
     minimal_discovery_announces_the_climate_entity_only,
+    a_pending_command_is_an_attribute_until_the_thermostat_confirms_it,
 );
 
 /// roost with MQTT pointed at `port`.
@@ -978,6 +979,27 @@ async fn messages_per_set_temperature_command(broker: Broker) {
     }
     assert!(produced.iter().any(|(t, p)| *t == ha(SERIAL, "target_temperature") && p == "23.0"));
     assert!(produced.len() <= 12, "{} messages for one setpoint", produced.len());
+    stop.cancel();
+    runner.await.unwrap();
+}
+
+async fn a_pending_command_is_an_attribute_until_the_thermostat_confirms_it(broker: Broker) {
+    let rec = Recorder::connect(broker.port, None).await;
+    let app = roost(broker.port, &[]).await;
+    let t = app.booted(SERIAL).await;
+    let log = announced(&rec, SERIAL).await;
+    assert_eq!(log.json(&climate(SERIAL)).unwrap()["json_attributes_topic"], ha(SERIAL, "attributes"));
+    assert_eq!(log.json(&ha(SERIAL, "attributes")), Some(json!({"pending": null})));
+    // The thermostat is not subscribed: the command waits.
+    assert_eq!(app.command(SERIAL, "set_temperature", json!(23.0)).await.status(), 200);
+    rec.wait_for("pending attribute", |l| {
+        l.json(&ha(SERIAL, "attributes")).is_some_and(|a| a["pending"]["fields"] == json!({"target_temperature": 23.0}))
+    })
+    .await;
+    let stop = CancellationToken::new();
+    let runner = t.run(stop.clone());
+    sees_shared(&t, json!({"target_temperature": 23.0})).await;
+    rec.wait_for("confirmed", |l| l.json(&ha(SERIAL, "attributes")) == Some(json!({"pending": null}))).await;
     stop.cancel();
     runner.await.unwrap();
 }
