@@ -10,11 +10,13 @@
 //!   firmware and other clients send 0 there).
 //!
 //! It is **overridden** when the thermostat reports a different value *and* says the change
-//! was made on it after the command (`touched_by.touched_at` later than the command, by the
-//! dial or the schedule), or when it acknowledges the push but reports another value. A report
-//! without such proof — the full-state upload after a reboot repeats old values — leaves the
-//! command pending: the value is remembered as the thermostat's last report and the bucket keeps
-//! the commanded value.
+//! was made on it after the command (`touched_by.touched_at` not before the command's second,
+//! by the dial or the schedule). A report of another value without that proof settles the
+//! command in the thermostat's favour (as confirmed, with its value) only once the thermostat
+//! had the command: a version carrying it was sent, and a setpoint's push was acknowledged
+//! (before that, such a report is a stale echo of a schedule transition). Otherwise — the
+//! full-state upload after a reboot repeats old values — the command stays pending: the value
+//! is remembered as the thermostat's last report and the bucket keeps the commanded value.
 //!
 //! It **expires** when no version carrying it was ever sent on a subscribe and its time is up
 //! (setpoints and mode after [`Expiry::setpoint_ms`], other settings after
@@ -67,6 +69,9 @@ pub struct PendingField {
     /// The bucket's timestamp after the command: the field was sent once a version at least
     /// this new went out.
     pub version_ts: i64,
+    /// The command asked the display to confirm (`target_change_pending: true`): until the
+    /// thermostat acknowledges, reports of another value are stale echoes.
+    pub awaits_ack: bool,
 }
 
 /// The unconfirmed commands of one bucket.
@@ -95,13 +100,15 @@ impl Pending {
     /// Records a command that wrote `fields` over `before` (the bucket's value until then),
     /// committed at `at_ms` as the version with timestamp `version_ts`.
     pub fn command(&mut self, fields: &Fields, before: Option<&Fields>, at_ms: i64, version_ts: i64) {
+        let awaits_ack = fields.get(PENDING_FLAG) == Some(&Value::Bool(true));
         for (name, value) in fields.iter().filter(|(name, _)| *name != PENDING_FLAG) {
             // A command over a pending one keeps what the thermostat last reported.
             let previous = match self.fields.get(name) {
                 Some(f) => f.previous.clone(),
                 None => before.and_then(|b| b.get(name)).cloned(),
             };
-            self.fields.insert(name.clone(), PendingField { value: value.clone(), previous, at_ms, version_ts });
+            self.fields
+                .insert(name.clone(), PendingField { value: value.clone(), previous, at_ms, version_ts, awaits_ack });
         }
     }
 
@@ -164,7 +171,7 @@ impl Pending {
             return Report { merge: fields, ..Report::default() };
         };
         let mut p = before.clone();
-        let local_change_at = if later { Some(i64::MAX) } else { touched_locally_at_ms(&fields) };
+        let local_change_s = if later { Some(i64::MAX) } else { touched_locally_at_s(&fields) };
         let ack = fields.get(PENDING_FLAG) == Some(&Value::Bool(false));
         if ack {
             p.acks_due = p.acks_due.saturating_sub(1);
@@ -178,14 +185,19 @@ impl Pending {
                 flag = Some(value);
                 continue;
             }
+            let sent_ts = p.sent_ts;
+            let acks_due = p.acks_due;
             let Some(field) = p.fields.get_mut(&name) else {
                 out.merge.insert(name, value);
                 continue;
             };
-            if value == field.value {
-                out.confirmed.insert(name.clone(), value.clone());
-            } else if ack_confirms || local_change_at.is_some_and(|at| at > field.at_ms) {
+            let had_it = sent_ts >= field.version_ts && !(field.awaits_ack && acks_due > 0);
+            if value != field.value && local_change_s.is_some_and(|at| at >= field.at_ms.div_euclid(1000)) {
                 out.overridden.insert(name.clone(), value.clone());
+            } else if value == field.value || ack_confirms || had_it {
+                // The thermostat had the command: what it reports now is what it holds (firmware
+                // may rewrite what it applies, like a schedule's continuation entries).
+                out.confirmed.insert(name.clone(), value.clone());
             } else {
                 field.previous = Some(value);
                 continue;
@@ -215,7 +227,10 @@ impl Pending {
             .map(|(k, f)| {
                 (
                     k.clone(),
-                    json!({"value": f.value, "previous": f.previous, "at_ms": f.at_ms, "version_ts": f.version_ts}),
+                    json!({
+                        "value": f.value, "previous": f.previous, "at_ms": f.at_ms,
+                        "version_ts": f.version_ts, "awaits_ack": f.awaits_ack,
+                    }),
                 )
             })
             .collect();
@@ -232,6 +247,7 @@ impl Pending {
                     previous: f.get("previous").filter(|p| !p.is_null()).cloned(),
                     at_ms: f.get("at_ms")?.as_i64()?,
                     version_ts: f.get("version_ts")?.as_i64()?,
+                    awaits_ack: f.get("awaits_ack").and_then(Value::as_bool).unwrap_or(false),
                 },
             );
         }
@@ -375,10 +391,11 @@ impl Ledger {
     }
 }
 
-/// When the thermostat says a change was made on it (dial or schedule), ms: `touched_by`
-/// as the object the firmware writes (`{"touched_by": 2, "touched_at": <s>}`), or as two
-/// top-level fields.
-fn touched_locally_at_ms(fields: &Fields) -> Option<i64> {
+/// When the thermostat says a change was made on it (dial or schedule), in its seconds:
+/// `touched_by` as the object the firmware writes (`{"touched_by": 2, "touched_at": <s>}`), or
+/// as two top-level fields. The firmware's clock counts seconds, so a change in the same second
+/// as a command counts as after it.
+fn touched_locally_at_s(fields: &Fields) -> Option<i64> {
     let (by, at) = match fields.get("touched_by") {
         Some(Value::Object(t)) => (t.get("touched_by"), t.get("touched_at")),
         Some(by @ Value::Number(_)) => (Some(by), fields.get("touched_at")),
@@ -386,7 +403,7 @@ fn touched_locally_at_ms(fields: &Fields) -> Option<i64> {
     };
     let by = by.and_then(Value::as_i64)?;
     let at = at.and_then(Value::as_f64).filter(|s| s.is_finite())?;
-    (by != TOUCHED_BY_REMOTE).then_some((at * 1000.0) as i64)
+    (by != TOUCHED_BY_REMOTE).then_some(at as i64)
 }
 
 #[cfg(test)]
@@ -485,6 +502,26 @@ mod tests {
         assert!(Pending::report(Some(&p), old, CURRENT, false).record.is_some());
         let remote = f(json!({"target_temperature": 18.0, "touched_by": 3, "touched_at": 11}));
         assert!(Pending::report(Some(&p), remote, CURRENT, false).record.is_some());
+    }
+
+    #[test]
+    fn once_the_thermostat_had_a_command_its_report_settles_it() {
+        // A schedule: no display acknowledgement; the firmware rewrites what it applies.
+        let mut p = Pending::default();
+        let schedule = f(json!({"days": {"0": {"0": {"time": 21600}}}}));
+        p.command(&schedule, None, 10_000, 10_000);
+        let rewritten = f(json!({"days": {"0": {"0": {"time": 21600, "entry_type": "setpoint"}}}}));
+        let before_send = Pending::report(Some(&p), rewritten.clone(), CURRENT, false);
+        assert!(before_send.record.is_some(), "not sent yet: held");
+        p.sent(CURRENT, false);
+        let r = Pending::report(Some(&p), rewritten.clone(), CURRENT, false);
+        assert_eq!((r.record, r.confirmed), (None, rewritten));
+        // A setpoint sent but not acknowledged: another value is a stale echo, held.
+        let mut sp = commanded();
+        sp.sent(CURRENT, true);
+        let echo = Pending::report(Some(&sp), f(json!({"target_temperature": 20.0})), CURRENT, false);
+        assert!(echo.record.is_some());
+        assert!(echo.merge.is_empty());
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub struct Resolution {
     pub key: String,
     /// `confirmed`, `overridden` or `expired`.
     pub state: &'static str,
-    /// Confirmed or expired: the commanded values; overridden: the thermostat's values.
+    /// Confirmed or overridden: the values the thermostat now holds; expired: the commanded ones.
     pub fields: Fields,
     /// Expired: the thermostat's values written back.
     pub restored: Option<Fields>,
