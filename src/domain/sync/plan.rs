@@ -23,8 +23,9 @@ pub struct DeviceState {
     pub buckets: Buckets,
     /// Durable: committed with the buckets.
     pub pending: PendingMap,
-    /// The newest version of each bucket sent on any subscribe since this process started.
-    /// Firmware 4.3.3 lists keys without versions; this is what it was given.
+    /// The newest version of each bucket the device was given since this process started: sent
+    /// on a subscribe, or named in a PUT receipt. Firmware 4.3.3 lists keys without versions;
+    /// this is what it holds.
     pub sent: HashMap<String, Version>,
     /// The structure bucket went out once since this process started (the first subscribe
     /// after a start always carries it: a device may have reset its mode while its cached
@@ -129,7 +130,7 @@ pub struct Plan<R> {
     /// Buckets as they are to be stored (new revision and timestamp already set), each key once.
     pub writes: Vec<(String, Arc<Bucket>)>,
     pub pending: Vec<PendingUpdate>,
-    /// Versions that went out on a subscribe (process memory only).
+    /// Versions the device was given (process memory only).
     pub sent: Vec<(String, Version)>,
     pub structure_sent: bool,
     pub event: Option<Event>,

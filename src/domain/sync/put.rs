@@ -92,7 +92,14 @@ impl Planner for PutRequest {
             let version = if behind { version.just_below() } else { version };
             receipts.push(Receipt { key, version, outcome, behind, bucket });
         }
+        // A device that lists bare keys must not be sent back what it just wrote.
+        let given: Vec<(String, Version)> = receipts
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Changed | Outcome::Unchanged))
+            .map(|r| (r.key.clone(), r.version))
+            .collect();
         let mut plan = Plan::new(Origin::Device, PutReply { receipts });
+        plan.sent = given;
         (plan.pending, plan.event) = ledger.finish();
         plan.writes = draft.into_writes();
         Ok(plan)

@@ -554,6 +554,18 @@ fn v3_13_14_bare_keys_get_each_bucket_once_then_hold() {
 }
 
 #[test]
+fn a_bare_key_device_is_not_sent_back_what_it_put() {
+    let mut s = booted();
+    let first = v3(vec![bare(&device()), bare(&shared())]).plan(&s, &ctx(NOW)).unwrap();
+    apply(&mut s, &first);
+    let second = v3(vec![bare(&device()), bare(&shared())]).plan(&s, &ctx(NOW)).unwrap();
+    apply(&mut s, &second);
+    let own = put(&s, json!({"objects": [{"object_key": shared(), "value": {"target_temperature": 19.0}}]}), NOW + 10);
+    apply(&mut s, &own);
+    assert!(v3(vec![bare(&device()), bare(&shared())]).plan(&s, &ctx(NOW + 20)).unwrap().reply.send.is_empty());
+}
+
+#[test]
 fn v3_15_a_change_during_a_bare_key_hold_wakes_it_and_the_next_poll_carries_it() {
     let mut s = booted();
     let sub = v3(vec![bare(&device()), bare(&shared())]).plan(&s, &ctx(NOW)).unwrap();
