@@ -145,18 +145,21 @@ impl Held {
                 _ = tokio::time::sleep_until(until) => return None,
                 change = self.subscription.rx.recv() => change?,
             };
-            let mut changes = vec![change];
-            while let Ok(more) = self.subscription.rx.try_recv() {
-                changes.push(more);
-            }
-            let committed: Vec<Committed<'_>> =
-                changes.iter().map(|c| Committed { origin: c.origin, buckets: &c.buckets }).collect();
-            let pushed = self.hold.push(&committed);
+            let pushed = {
+                let mut changes = vec![change];
+                while let Ok(more) = self.subscription.rx.try_recv() {
+                    changes.push(more);
+                }
+                let committed: Vec<Committed<'_>> =
+                    changes.iter().map(|c| Committed { origin: c.origin, buckets: &c.buckets }).collect();
+                self.hold.push(&committed)
+            };
             if pushed.is_empty() {
                 continue;
             }
             let serial = self.subscription.serial();
-            if let Err(e) = self.store.commit(serial, SentRequest::of(&pushed)).await {
+            // Boxed: the commit's future would otherwise enlarge every held response's state.
+            if let Err(e) = Box::pin(self.store.commit(serial, SentRequest::of(&pushed))).await {
                 tracing::warn!(%serial, error = %e, "could not record a push");
             }
             let objects: Vec<WireObject<'_>> = pushed.iter().map(|(k, b)| WireObject::full(k, b)).collect();

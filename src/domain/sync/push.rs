@@ -10,7 +10,9 @@ use crate::domain::bucket::Bucket;
 /// What a held subscribe knows: the version of each bucket the device holds or was sent.
 #[derive(Debug, Clone, Default)]
 pub struct HoldState {
-    known: HashMap<String, Version>,
+    /// A few keys per device, kept for as long as the subscribe is held (thousands at once):
+    /// a small vector costs less than a map.
+    known: Vec<(String, Version)>,
     /// Only the keys the device listed may be pushed (v3).
     listed_only: bool,
 }
@@ -24,12 +26,21 @@ pub struct Committed<'a> {
 
 impl HoldState {
     pub fn new(known: HashMap<String, Version>, listed_only: bool) -> Self {
+        let mut known: Vec<(String, Version)> = known.into_iter().collect();
+        known.shrink_to_fit();
         Self { known, listed_only }
     }
 
     /// The version the device holds of `key`, as far as this subscribe knows.
     pub fn known(&self, key: &str) -> Option<Version> {
-        self.known.get(key).copied()
+        self.known.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
+    }
+
+    fn set_known(&mut self, key: &str, version: Version) {
+        match self.known.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = version,
+            None => self.known.push((key.to_string(), version)),
+        }
     }
 
     /// The buckets of `changes` (oldest first) to push now: the newest copy of each bucket the
@@ -41,7 +52,7 @@ impl HoldState {
         for change in changes.iter().filter(|c| c.origin.wakes_device()) {
             let forced = change.origin == Origin::Notify;
             for (key, bucket) in change.buckets {
-                if self.listed_only && !self.known.contains_key(key) {
+                if self.listed_only && self.known(key).is_none() {
                     continue;
                 }
                 match latest.iter_mut().find(|(k, ..)| *k == key) {
@@ -52,9 +63,9 @@ impl HoldState {
         }
         let mut out = Vec::with_capacity(latest.len());
         for (key, bucket, forced) in latest {
-            let device = self.known.get(key).copied().unwrap_or(Version::NONE);
+            let device = self.known(key).unwrap_or(Version::NONE);
             if forced || server_is_newer(Version::of(bucket), device) {
-                self.known.insert(key.to_string(), Version::of(bucket));
+                self.set_known(key, Version::of(bucket));
                 out.push((key.to_string(), bucket.clone()));
             }
         }
