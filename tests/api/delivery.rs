@@ -211,3 +211,29 @@ async fn the_simulator_does_not_spin_when_a_server_answers_with_empty_revision_z
     assert_eq!(bodies[0]["objects"].as_array().unwrap().len(), 3, "device, shared and schedule at 0/0");
     assert_eq!(bodies[1]["objects"], json!([]), "what the server lacks is not asked for again: {}", bodies[1]);
 }
+
+#[tokio::test]
+async fn a_pending_command_survives_a_restart_and_is_confirmed_afterwards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = TestApp::start_in(tmp.path().to_path_buf(), &[]).await;
+    app.booted(SERIAL).await;
+    assert_eq!(app.command(SERIAL, "set_temperature", json!(23.0)).await.status(), 200);
+    let before = status(&app).await["pending"].clone();
+    assert_eq!(before["fields"], json!({"target_temperature": 23.0}));
+    app.stop().await;
+
+    let app = TestApp::start_in(tmp.path().to_path_buf(), &[]).await;
+    assert_eq!(status(&app).await["pending"], before, "kept across the restart");
+    let t = app.thermostat(SERIAL);
+    let stop = CancellationToken::new();
+    let task = t.run(stop.clone());
+    t.wait_for(WAIT, "the command, acknowledged", |s| {
+        s.field(&shared(), "target_temperature") == Some(&json!(23.0))
+            && s.field(&shared(), "target_change_pending") == Some(&json!(false))
+    })
+    .await
+    .unwrap();
+    stop.cancel();
+    task.await.unwrap();
+    assert!(status(&app).await.get("pending").is_none());
+}
