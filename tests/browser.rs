@@ -439,3 +439,26 @@ async fn the_page_sets_up_a_thermostat_and_manages_api_keys() {
         .await;
     assert_eq!(app.control.send(&v1(&key)).await.unwrap().status(), 401);
 }
+
+#[tokio::test]
+#[ignore = "needs Chromium and chromedriver; .ci/run runs it"]
+async fn a_command_the_thermostat_has_not_confirmed_is_marked_until_it_does() {
+    let app = TestApp::start(&[]).await;
+    let t = app.booted(SERIAL).await;
+    let browser = Browser::start().await;
+    browser.goto(&format!("http://127.0.0.1:{}", app.control_port())).await;
+    browser.wait_for("the thermostat", "return document.querySelectorAll('article.card').length === 1").await;
+    let waiting = format!("{}.querySelector('.waiting')", card(SERIAL));
+    assert_eq!(browser.run(&format!("return {waiting}.hidden")).await, true);
+    // The thermostat is not subscribed: the command waits, and the card says so.
+    assert_eq!(app.command(SERIAL, "set_temperature", json!(23.0)).await.status(), 200);
+    browser.wait_for("the waiting mark", &format!("return !{waiting}.hidden")).await;
+    let title = browser.run(&format!("return {waiting}.title")).await;
+    assert!(title.as_str().unwrap().contains("target_temperature"), "{title}");
+    browser.screenshot("07-waiting-for-thermostat").await;
+    let stop = CancellationToken::new();
+    let task = t.run(stop.clone());
+    browser.wait_for("the mark to go", &format!("return {waiting}.hidden")).await;
+    stop.cancel();
+    task.await.unwrap();
+}
