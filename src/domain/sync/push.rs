@@ -1,6 +1,5 @@
 //! Pushes: which committed change goes to which held subscribe.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::plan::Origin;
@@ -10,8 +9,8 @@ use crate::domain::bucket::Bucket;
 /// What a held subscribe knows: the version of each bucket the device holds or was sent.
 #[derive(Debug, Clone, Default)]
 pub struct HoldState {
-    /// A few keys per device, kept for as long as the subscribe is held (thousands at once):
-    /// a small vector costs less than a map.
+    /// Kept for as long as the subscribe is held, thousands at once: a device lists a few keys,
+    /// and a small vector costs less than a map.
     known: Vec<(String, Version)>,
     /// Only the keys the device listed may be pushed (v3).
     listed_only: bool,
@@ -25,10 +24,24 @@ pub struct Committed<'a> {
 }
 
 impl HoldState {
-    pub fn new(known: HashMap<String, Version>, listed_only: bool) -> Self {
-        let mut known: Vec<(String, Version)> = known.into_iter().collect();
-        known.shrink_to_fit();
-        Self { known, listed_only }
+    pub fn new(known: impl IntoIterator<Item = (String, Version)>, listed_only: bool) -> Self {
+        let mut hold = Self { known: Vec::new(), listed_only };
+        for (key, version) in known {
+            hold.remember(&key, version);
+        }
+        hold
+    }
+
+    pub(crate) fn with_capacity(keys: usize, listed_only: bool) -> Self {
+        Self { known: Vec::with_capacity(keys), listed_only }
+    }
+
+    /// Records what the device holds of `key`, unless already known (a key listed twice counts
+    /// once, as first listed).
+    pub(crate) fn remember(&mut self, key: &str, version: Version) {
+        if self.known(key).is_none() {
+            self.known.push((key.to_string(), version));
+        }
     }
 
     /// The version the device holds of `key`, as far as this subscribe knows.
@@ -36,7 +49,7 @@ impl HoldState {
         self.known.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
     }
 
-    fn set_known(&mut self, key: &str, version: Version) {
+    pub(crate) fn set_known(&mut self, key: &str, version: Version) {
         match self.known.iter_mut().find(|(k, _)| k == key) {
             Some(slot) => slot.1 = version,
             None => self.known.push((key.to_string(), version)),
@@ -88,7 +101,7 @@ mod tests {
     }
 
     fn hold(listed_only: bool) -> HoldState {
-        HoldState::new(HashMap::from([("shared.S".to_string(), Version::new(5, 1000))]), listed_only)
+        HoldState::new([("shared.S".to_string(), Version::new(5, 1000))], listed_only)
     }
 
     #[test]

@@ -16,6 +16,11 @@ pub fn structure_id(user: &str) -> &str {
     user.strip_prefix("user_").unwrap_or(user)
 }
 
+/// The keys of the user and structure buckets that pair a device to `owner`.
+pub fn pairing_keys(owner: &str) -> [String; 2] {
+    [format!("user.{owner}"), format!("structure.{}", structure_id(owner))]
+}
+
 /// The user bucket (its `name` completes pairing on the device) and the structure bucket that
 /// pair a device to `owner` (§10).
 pub fn pairing_buckets(serial: &str, owner: &str) -> [(String, Fields); 2] {
@@ -24,7 +29,8 @@ pub fn pairing_buckets(serial: &str, owner: &str) -> [(String, Fields); 2] {
     let mut structure = Fields::new();
     structure.insert("name".into(), "Home".into());
     structure.insert("devices".into(), Value::Array(vec![Value::String(format!("device.{serial}"))]));
-    [(format!("user.{owner}"), user), (format!("structure.{}", structure_id(owner)), structure)]
+    let [user_key, structure_key] = pairing_keys(owner);
+    [(user_key, user), (structure_key, structure)]
 }
 
 /// A validated command (`/command`, MQTT, the web UI): its writes are committed and pushed

@@ -2,7 +2,6 @@
 //! held response waits for (`spec/nest-protocol-reference.md` §4.4, §8.3, §10;
 //! `spec/device-protocol.md` §10; `spec/v3-firmware.md` §3).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -10,7 +9,7 @@ use serde_json::Value;
 use super::delivery::{Ledger, PENDING_FLAG};
 use super::plan::{Context, DeviceState, Draft, Origin, Plan, Planner};
 use super::push::HoldState;
-use super::server::pairing_buckets;
+use super::server::{pairing_buckets, pairing_keys};
 use super::version::{Bump, Version, adopt, server_is_newer, write};
 use crate::domain::bucket::{Bucket, Fields, merged};
 
@@ -81,24 +80,28 @@ impl Planner for SubscribeRequest {
         }
         let owned = match (&self.owner, self.read_only) {
             (Some(owner), false) => {
-                let buckets = pairing_buckets(&self.serial, owner);
-                for (key, fields) in &buckets {
-                    if draft.get(key).is_none() && !draft.over_bucket_limit(key, &ctx.limits) {
-                        if let Some(b) = write(None, fields.clone(), ctx.now_ms, Bump::IfChanged) {
-                            draft.put(key, b);
+                let keys = pairing_keys(owner);
+                // Built only when one is missing: this runs on every subscribe.
+                if keys.iter().any(|k| draft.get(k).is_none()) {
+                    for (key, fields) in pairing_buckets(&self.serial, owner) {
+                        if draft.get(&key).is_none() && !draft.over_bucket_limit(&key, &ctx.limits) {
+                            if let Some(b) = write(None, fields, ctx.now_ms, Bump::IfChanged) {
+                                draft.put(&key, b);
+                            }
                         }
                     }
                 }
-                buckets.map(|(key, _)| key).to_vec()
+                Some(keys)
             }
-            _ => Vec::new(),
+            _ => None,
         };
+        let owned = owned.as_ref().map_or(&[][..], |k| &k[..]);
 
         // What the device holds, by key: listed versions, else (bare keys) what it was sent.
-        let mut known: HashMap<String, Version> = HashMap::new();
+        let mut known = HoldState::with_capacity(self.listed.len(), self.scope == Scope::Listed);
         for listed in &self.listed {
             if let Some(v) = listed.version.or_else(|| state.sent.get(&listed.key).copied()) {
-                known.entry(listed.key.clone()).or_insert(v);
+                known.remember(&listed.key, v);
             }
         }
         for listed in &self.listed {
@@ -114,8 +117,8 @@ impl Planner for SubscribeRequest {
                 continue;
             }
             let Some(b) = draft.get(&listed.key) else { continue };
-            let qualifies = match known.get(&listed.key) {
-                Some(device) => server_is_newer(Version::of(b), *device),
+            let qualifies = match known.known(&listed.key) {
+                Some(device) => server_is_newer(Version::of(b), device),
                 // First contact with a device that lists bare keys: it needs the bucket once to
                 // fill its store — but never an empty value, whose body would read as a tickle.
                 None => b.timestamp != 0 && !b.value.is_empty(),
@@ -125,13 +128,13 @@ impl Planner for SubscribeRequest {
             }
         }
         if self.scope == Scope::WithPairing {
-            for key in &owned {
+            for key in owned {
                 if send.iter().any(|(k, _)| k == key) {
                     continue;
                 }
                 let Some(b) = draft.get(key) else { continue };
                 let forced = !state.structure_sent && key.starts_with("structure.");
-                if forced || server_is_newer(Version::of(b), known.get(key).copied().unwrap_or(Version::NONE)) {
+                if forced || server_is_newer(Version::of(b), known.known(key).unwrap_or(Version::NONE)) {
                     send.push((key.clone(), b.clone()));
                 }
             }
@@ -145,13 +148,12 @@ impl Planner for SubscribeRequest {
         let mut structure_sent = false;
         for (key, b) in &send {
             let version = Version::of(b);
-            known.insert(key.clone(), version);
+            known.set_known(key, version);
             sent.push((key.clone(), version));
             ledger.sent(key, version, carries_flag(&b.value));
             structure_sent |= key.starts_with("structure.") && owned.contains(key);
         }
-        let hold = HoldState::new(known, self.scope == Scope::Listed);
-        let mut plan = Plan::new(Origin::Device, SubscribeReply { send, more, hold });
+        let mut plan = Plan::new(Origin::Device, SubscribeReply { send, more, hold: known });
         plan.sent = sent;
         plan.structure_sent = structure_sent;
         (plan.pending, plan.event) = ledger.finish();
