@@ -289,8 +289,9 @@ impl Store {
             let state = slot.state.read().map_err(|_| StoreError::Unavailable("state lock poisoned".into()))?;
             request.plan(&state, &ctx).map_err(CommitError::Refused)?
         };
+        let journaled = plan.changes_something();
+        let durable = plan.touches_storage();
         let Plan { origin, writes, pending, sent, structure_sent, event, notify, delete, reply } = plan;
-        let journaled = !writes.is_empty() || pending.iter().any(|p| p.visible) || event.is_some() || notify || delete;
 
         let mut ops: Vec<DbOp> = Vec::with_capacity(writes.len() + pending.len() + usize::from(delete));
         if delete {
@@ -327,7 +328,7 @@ impl Store {
             writes
         };
 
-        if ops.is_empty() && !journaled {
+        if !durable {
             // Nothing durable (what went out on a subscribe): memory only.
             if let Ok(mut state) = slot.state.write() {
                 install(&mut state);
