@@ -73,7 +73,10 @@ impl Application {
         };
         let (pool, writer) = state::db::open(&config.sqlite3_db_path).await?;
         let hub = hub::Hub::new(config.max_subscriptions_per_device as usize);
-        let settings = state::Settings { limits: Default::default(), expiry: config.expiry() };
+        let settings = state::Settings {
+            bounds: crate::state::bounds::Bounds::from_limits(&config.limits),
+            expiry: config.expiry(),
+        };
         let store = Arc::new(Store::load(pool.clone(), writer, hub, settings).await?);
         let presets = Arc::new(crate::state::presets::Presets::load(pool.clone()).await?);
         let pairing = Arc::new(Pairing::load(pool.clone()).await?);

@@ -14,7 +14,8 @@ use super::db;
 use super::repos::{History, Integrations, JournalReader, WeatherCache};
 use super::writer::{self, Commit, DbOp, Journal};
 use crate::domain::bucket::Bucket;
-use crate::domain::sync::{Context, DeviceState, Expiry, Limits, Pending, PendingMap, Plan, Planner};
+use crate::domain::sync::bounds::{Bounds, Usage};
+use crate::domain::sync::{Context, DeviceState, Expiry, Pending, PendingMap, Plan, Planner};
 use crate::domain::time::now_ms;
 use crate::hub::Hub;
 
@@ -80,14 +81,11 @@ impl From<CommitError<Infallible>> for StoreError {
     }
 }
 
-/// Limits on what made-up data can store (refused writes get a receipt naming what is stored).
-pub const MAX_BUCKETS_PER_DEVICE: usize = Limits::DEFAULT.buckets_per_device;
-pub const MAX_FIELDS_PER_BUCKET: usize = Limits::DEFAULT.fields_per_bucket;
-
 /// The rules' settings that come from the configuration.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Settings {
-    pub limits: Limits,
+    /// What one thermostat may store (`MAX_BUCKETS_PER_DEVICE`, `MAX_BUCKET_BYTES`, …).
+    pub bounds: Bounds,
     pub expiry: Expiry,
 }
 
@@ -168,7 +166,10 @@ impl Store {
         }
         let slots = states
             .into_iter()
-            .map(|(serial, state)| (serial, Arc::new(Slot { write: Default::default(), state: RwLock::new(state) })))
+            .map(|(serial, mut state)| {
+                state.usage = Usage::measure(state.buckets.values().map(|b| &**b));
+                (serial, Arc::new(Slot { write: Default::default(), state: RwLock::new(state) }))
+            })
             .collect();
         let last_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM roost_changes").fetch_one(&pool).await?;
         let next_id = last_id.unwrap_or(0) + 1;
@@ -284,14 +285,17 @@ impl Store {
     ) -> Result<Committed<P::Reply>, CommitError<P::Refusal>> {
         let slot = self.slot_or_create(serial);
         let guard = slot.write.clone().lock_owned().await;
-        let ctx = Context { now_ms: now_ms(), limits: self.settings.limits, expiry: self.settings.expiry };
+        let ctx = Context { now_ms: now_ms(), bounds: self.settings.bounds, expiry: self.settings.expiry };
         let plan = {
             let state = slot.state.read().map_err(|_| StoreError::Unavailable("state lock poisoned".into()))?;
             request.plan(&state, &ctx).map_err(CommitError::Refused)?
         };
         let journaled = plan.changes_something();
         let durable = plan.touches_storage();
-        let Plan { origin, writes, pending, sent, structure_sent, event, notify, delete, reply } = plan;
+        let Plan { origin, writes, pending, sent, structure_sent, usage, refused, event, notify, delete, reply } = plan;
+        for key in &refused {
+            tracing::warn!(%serial, object_key = %key, "bucket write refused: over the storage bounds");
+        }
 
         let mut ops: Vec<DbOp> = Vec::with_capacity(writes.len() + pending.len() + usize::from(delete));
         if delete {
@@ -325,6 +329,9 @@ impl Store {
                 }
             }
             state.structure_sent |= structure_sent;
+            if let Some(usage) = usage {
+                state.usage = usage;
+            }
             writes
         };
 

@@ -298,7 +298,7 @@ impl Summary {
 
 /// The pending records of one device while a plan is built: what changed, and how commands
 /// were resolved (for the event stream).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Ledger {
     records: super::plan::PendingMap,
     changed: Vec<(String, bool)>,

@@ -5,7 +5,7 @@
 //!
 //! A **request** (`PutRequest`, `SubscribeRequest`, `CommandRequest`, …) says what a caller
 //! wants; it is a [`Planner`]. The store runs [`Planner::plan`] under the device's write lock
-//! against its current [`DeviceState`] and a [`Context`] (clock, limits, expiry), and commits
+//! against its current [`DeviceState`] and a [`Context`] (clock, storage bounds, expiry), and commits
 //! the returned [`Plan`] whole: the buckets in [`Plan::writes`] (revision and timestamp
 //! already computed, [`version`]), the pending-command records, one journaled change with its
 //! optional [`Event`]. Only after the commit is the change published and the plan's
@@ -43,6 +43,7 @@
 //! ## Delivery
 //! Commands stay pending until the thermostat confirms them; see [`delivery`].
 
+pub mod bounds;
 pub mod delivery;
 pub mod plan;
 pub mod push;
@@ -56,9 +57,7 @@ pub mod version;
 mod tests;
 
 pub use delivery::{Expiry, Pending, PendingField};
-pub use plan::{
-    Buckets, Context, DeviceState, Event, Limits, Origin, Outcome, PendingMap, PendingUpdate, Plan, Planner,
-};
+pub use plan::{Buckets, Context, DeviceState, Event, Origin, Outcome, PendingMap, PendingUpdate, Plan, Planner};
 pub use push::{Committed, HoldState};
 pub use put::{PutReply, PutRequest, Receipt};
 pub use server::{

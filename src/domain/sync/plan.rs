@@ -7,6 +7,7 @@ use std::sync::Arc;
 use indexmap::IndexMap;
 use serde_json::Value;
 
+use super::bounds::{Bounds, Usage};
 use super::delivery::{Expiry, Pending};
 use super::version::Version;
 use crate::domain::bucket::Bucket;
@@ -31,6 +32,8 @@ pub struct DeviceState {
     /// after a start always carries it: a device may have reset its mode while its cached
     /// timestamp survived in flash).
     pub structure_sent: bool,
+    /// The sizes of `buckets`, for the storage bounds.
+    pub usage: Usage,
 }
 
 /// Who made a change; decides who is woken (a device's own write is never pushed back to it).
@@ -80,35 +83,17 @@ pub enum Outcome {
     Refused,
 }
 
-/// Bounds on what made-up data can store; far above what a thermostat keeps (about 30 buckets,
-/// about 250 fields in the largest).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub buckets_per_device: usize,
-    pub fields_per_bucket: usize,
-}
-
-impl Limits {
-    pub const DEFAULT: Limits = Limits { buckets_per_device: 256, fields_per_bucket: 4096 };
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self::DEFAULT
-    }
-}
-
 /// The context of one write: the clock and the settings that rules depend on.
 #[derive(Debug, Clone, Copy)]
 pub struct Context {
     pub now_ms: i64,
-    pub limits: Limits,
+    pub bounds: Bounds,
     pub expiry: Expiry,
 }
 
 impl Context {
     pub fn new(now_ms: i64) -> Self {
-        Self { now_ms, limits: Limits::default(), expiry: Expiry::default() }
+        Self { now_ms, bounds: Bounds::default(), expiry: Expiry::default() }
     }
 }
 
@@ -133,6 +118,10 @@ pub struct Plan<R> {
     /// Versions the device was given (process memory only).
     pub sent: Vec<(String, Version)>,
     pub structure_sent: bool,
+    /// The sizes of the buckets after `writes` (set when there are writes).
+    pub usage: Option<Usage>,
+    /// Keys whose write was refused for breaking a storage bound (the store logs them).
+    pub refused: Vec<String>,
     pub event: Option<Event>,
     /// Push every bucket again without writing (`/notify-device`).
     pub notify: bool,
@@ -150,6 +139,8 @@ impl<R> Plan<R> {
             pending: Vec::new(),
             sent: Vec::new(),
             structure_sent: false,
+            usage: None,
+            refused: Vec::new(),
             event: None,
             notify: false,
             delete: false,
@@ -181,43 +172,62 @@ pub trait Planner {
     fn plan(self, state: &DeviceState, ctx: &Context) -> Result<Plan<Self::Reply>, Self::Refusal>;
 }
 
-/// Buckets written so far by a plan being built, over the device's stored ones.
+/// Buckets written so far by a plan being built, over the device's stored ones, kept within
+/// the storage bounds.
 #[derive(Debug)]
 pub(crate) struct Draft<'a> {
     stored: &'a Buckets,
     written: IndexMap<String, Arc<Bucket>>,
+    bounds: Bounds,
+    /// The sizes after the writes so far; copied from the stored ones at the first write.
+    usage: Option<Usage>,
+    stored_usage: &'a Usage,
+    refused: Vec<String>,
 }
 
 impl<'a> Draft<'a> {
-    pub fn new(stored: &'a Buckets) -> Self {
-        Self { stored, written: IndexMap::new() }
+    pub fn new(state: &'a DeviceState, ctx: &Context) -> Self {
+        Self {
+            stored: &state.buckets,
+            written: IndexMap::new(),
+            bounds: ctx.bounds,
+            usage: None,
+            stored_usage: &state.usage,
+            refused: Vec::new(),
+        }
     }
 
     pub fn get(&self, key: &str) -> Option<&Arc<Bucket>> {
         self.written.get(key).or_else(|| self.stored.get(key))
     }
 
-    /// Whether storing `key` would add a bucket beyond the device's limit.
-    pub fn over_bucket_limit(&self, key: &str, limits: &Limits) -> bool {
-        self.get(key).is_none()
-            && self.stored.len() + self.written.keys().filter(|k| !self.stored.contains_key(*k)).count()
-                >= limits.buckets_per_device
+    /// Where `key` sits among the device's buckets once the writes so far are stored (`None`
+    /// for a bucket not stored yet: it goes at the end).
+    fn index_of(&self, key: &str) -> Option<usize> {
+        if let Some(i) = self.stored.get_index_of(key) {
+            return Some(i);
+        }
+        let mut added = self.written.keys().filter(|k| !self.stored.contains_key(*k));
+        added.position(|k| k == key).map(|p| self.stored.len() + p)
     }
 
-    /// Whether merging `fields` into `key` would grow it beyond the field limit.
-    pub fn over_field_limit(&self, key: &str, fields: &crate::domain::bucket::Fields, limits: &Limits) -> bool {
-        let existing = self.get(key).map(|b| &b.value);
-        let added = fields.keys().filter(|k| !existing.is_some_and(|e| e.contains_key(*k))).count();
-        existing.map_or(0, |e| e.len()) + added > limits.fields_per_bucket
-    }
-
-    pub fn put(&mut self, key: &str, bucket: Bucket) -> Arc<Bucket> {
+    /// Stores `bucket` under `key` unless it breaks a storage bound; `None` when refused.
+    pub fn put(&mut self, key: &str, bucket: Bucket) -> Option<Arc<Bucket>> {
+        let index = self.index_of(key);
+        let usage = self.usage.get_or_insert_with(|| self.stored_usage.clone());
+        if !usage.admit(&self.bounds, index, &bucket) {
+            self.refused.push(key.to_string());
+            return None;
+        }
         let b = Arc::new(bucket);
         self.written.insert(key.to_string(), b.clone());
-        b
+        Some(b)
     }
 
-    pub fn into_writes(self) -> Vec<(String, Arc<Bucket>)> {
-        self.written.into_iter().collect()
+    /// Hands the writes, the sizes after them and the refusals to `plan`.
+    pub fn finish<R>(self, plan: &mut Plan<R>) {
+        plan.writes = self.written.into_iter().collect();
+        plan.usage = self.usage.filter(|_| !plan.writes.is_empty());
+        plan.refused = self.refused;
     }
 }

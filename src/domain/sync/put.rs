@@ -50,7 +50,7 @@ impl Planner for PutRequest {
     type Refusal = std::convert::Infallible;
 
     fn plan(self, state: &DeviceState, ctx: &Context) -> Result<Plan<PutReply>, Self::Refusal> {
-        let mut draft = Draft::new(&state.buckets);
+        let mut draft = Draft::new(state, ctx);
         let mut ledger = Ledger::new(&state.pending);
         let mut receipts = Vec::with_capacity(self.entries.len());
         for entry in self.entries {
@@ -70,22 +70,23 @@ impl Planner for PutRequest {
                 });
                 continue;
             }
-            if draft.over_bucket_limit(&key, &ctx.limits) {
-                receipts.push(refused(key, None));
-                continue;
-            }
             if let Some(weave) = &self.weave_device_id {
                 fields.insert("weave_device_id".into(), weave.clone());
             }
-            if draft.over_field_limit(&key, &fields, &ctx.limits) {
-                receipts.push(refused(key, existing));
-                continue;
-            }
+            // What a refused write did to the pending commands is undone with it.
+            let before = ledger.clone();
             let merge = ledger.report(&key, fields, current, false);
             let value = existing.as_ref().map_or_else(|| merge.clone(), |e| merged(&e.value, &merge));
             let behind = ledger.behind(&key);
             let (outcome, bucket) = match write(existing.as_deref(), value, ctx.now_ms, Bump::IfChanged) {
-                Some(b) => (Outcome::Changed, Some(draft.put(&key, b))),
+                Some(b) => match draft.put(&key, b) {
+                    Some(b) => (Outcome::Changed, Some(b)),
+                    None => {
+                        ledger = before;
+                        receipts.push(refused(key, existing));
+                        continue;
+                    }
+                },
                 None => (Outcome::Unchanged, existing),
             };
             let version = bucket.as_deref().map_or(Version::NONE, Version::of);
@@ -101,7 +102,7 @@ impl Planner for PutRequest {
         let mut plan = Plan::new(Origin::Device, PutReply { receipts });
         plan.sent = given;
         (plan.pending, plan.event) = ledger.finish();
-        plan.writes = draft.into_writes();
+        draft.finish(&mut plan);
         Ok(plan)
     }
 }

@@ -79,22 +79,22 @@ impl Planner for CommandRequest {
             serial: &self.serial,
         };
         let planned = command::plan(&self.name, &self.value, view)?;
-        let mut draft = Draft::new(buckets);
+        let mut draft = Draft::new(state, ctx);
         let mut ledger = Ledger::new(&state.pending);
         let mut first: Option<CommandReply> = None;
         for w in planned.writes {
             let key = key(w.target);
-            if draft.over_bucket_limit(&key, &ctx.limits) {
-                return Err(CommandError::Invalid("the thermostat holds too many buckets".into()).into());
-            }
             let existing = draft.get(&key).cloned();
             let value = match (&existing, w.replace) {
                 (Some(e), false) => merged(&e.value, &w.fields),
                 _ => w.fields.clone(),
             };
             let Some(bucket) = write(existing.as_deref(), value, ctx.now_ms, Bump::Always) else { continue };
-            ledger.command(&key, &w.fields, existing.as_ref().map(|e| &e.value), ctx.now_ms, bucket.timestamp);
-            draft.put(&key, bucket);
+            let version_ts = bucket.timestamp;
+            if draft.put(&key, bucket).is_none() {
+                return Err(CommandError::Invalid(format!("{key} would exceed the thermostat's storage limits")).into());
+            }
+            ledger.command(&key, &w.fields, existing.as_ref().map(|e| &e.value), ctx.now_ms, version_ts);
             first.get_or_insert(CommandReply { object_key: key, values: w.fields });
         }
         let reply = first.ok_or_else(|| CommandError::Invalid("the command writes nothing".into()))?;
@@ -107,7 +107,7 @@ impl Planner for CommandRequest {
             }),
         });
         plan.pending = ledger.finish().0;
-        plan.writes = draft.into_writes();
+        draft.finish(&mut plan);
         Ok(plan)
     }
 }
@@ -125,7 +125,7 @@ impl Planner for PairRequest {
     type Refusal = std::convert::Infallible;
 
     fn plan(self, state: &DeviceState, ctx: &Context) -> Result<Plan<()>, Self::Refusal> {
-        let mut draft = Draft::new(&state.buckets);
+        let mut draft = Draft::new(state, ctx);
         for (key, fields) in pairing_buckets(&self.serial, &self.owner) {
             let existing = draft.get(&key).cloned();
             let value = existing.as_ref().map_or_else(|| fields.clone(), |e| merged(&e.value, &fields));
@@ -135,7 +135,7 @@ impl Planner for PairRequest {
         }
         let mut plan = Plan::new(Origin::Pairing, ());
         plan.event = Some(Event { kind: "pairing", detail: json!({"action": "paired", "user": self.owner}) });
-        plan.writes = draft.into_writes();
+        draft.finish(&mut plan);
         Ok(plan)
     }
 }
@@ -160,12 +160,12 @@ impl Planner for DialogRequest {
         };
         let key = format!("device_alert_dialog.{serial}");
         let existing = state.buckets.get(&key);
-        let mut draft = Draft::new(&state.buckets);
+        let mut draft = Draft::new(state, ctx);
         let mut plan = if offer {
             let mut dialog = Fields::new();
             dialog.insert("dialog_data".into(), "".into());
             dialog.insert("dialog_id".into(), "confirm-pairing".into());
-            if existing.is_none() && !draft.over_bucket_limit(&key, &ctx.limits) {
+            if existing.is_none() {
                 if let Some(b) = write(None, dialog, ctx.now_ms, Bump::IfChanged) {
                     draft.put(&key, b);
                 }
@@ -181,7 +181,7 @@ impl Planner for DialogRequest {
             }
             plan
         };
-        plan.writes = draft.into_writes();
+        draft.finish(&mut plan);
         Ok(plan)
     }
 }
@@ -260,7 +260,7 @@ impl Planner for ExpireRequest {
     type Refusal = std::convert::Infallible;
 
     fn plan(self, state: &DeviceState, ctx: &Context) -> Result<Plan<usize>, Self::Refusal> {
-        let mut draft = Draft::new(&state.buckets);
+        let mut draft = Draft::new(state, ctx);
         let mut ledger = Ledger::new(&state.pending);
         let mut count = 0;
         for (key, pending) in &state.pending {
@@ -294,7 +294,7 @@ impl Planner for ExpireRequest {
         }
         let mut plan = Plan::new(Origin::Server, count);
         (plan.pending, plan.event) = ledger.finish();
-        plan.writes = draft.into_writes();
+        draft.finish(&mut plan);
         Ok(plan)
     }
 }

@@ -71,7 +71,7 @@ impl Planner for SubscribeRequest {
     type Refusal = std::convert::Infallible;
 
     fn plan(self, state: &DeviceState, ctx: &Context) -> Result<Plan<SubscribeReply>, Self::Refusal> {
-        let mut draft = Draft::new(&state.buckets);
+        let mut draft = Draft::new(state, ctx);
         let mut ledger = Ledger::new(&state.pending);
         if !self.read_only {
             for listed in &self.listed {
@@ -84,7 +84,7 @@ impl Planner for SubscribeRequest {
                 // Built only when one is missing: this runs on every subscribe.
                 if keys.iter().any(|k| draft.get(k).is_none()) {
                     for (key, fields) in pairing_buckets(&self.serial, owner) {
-                        if draft.get(&key).is_none() && !draft.over_bucket_limit(&key, &ctx.limits) {
+                        if draft.get(&key).is_none() {
                             if let Some(b) = write(None, fields, ctx.now_ms, Bump::IfChanged) {
                                 draft.put(&key, b);
                             }
@@ -157,7 +157,7 @@ impl Planner for SubscribeRequest {
         plan.sent = sent;
         plan.structure_sent = structure_sent;
         (plan.pending, plan.event) = ledger.finish();
-        plan.writes = draft.into_writes();
+        draft.finish(&mut plan);
         Ok(plan)
     }
 }
@@ -181,12 +181,7 @@ fn apply_device_values(
     let key = listed.key.as_str();
     let existing = draft.get(key).cloned();
     let current = existing.as_deref().map_or(Version::NONE, Version::of);
-    if existing.is_none() && draft.over_bucket_limit(key, &ctx.limits) {
-        return;
-    }
-    if draft.over_field_limit(key, fields, &ctx.limits) {
-        return;
-    }
+    let before = ledger.clone();
     let with_weave = |mut f: Fields| {
         if let Some(w) = weave {
             f.insert("weave_device_id".into(), w.clone());
@@ -215,6 +210,9 @@ fn apply_device_values(
         None
     };
     if let Some(b) = bucket {
-        draft.put(key, b);
+        if draft.put(key, b).is_none() {
+            // Refused: what it did to the pending commands is undone with it.
+            *ledger = before;
+        }
     }
 }

@@ -31,6 +31,7 @@ fn state(buckets: &[(&str, i64, i64, Value)]) -> DeviceState {
             Arc::new(Bucket { revision: *rev, timestamp: *ts, value: f(v.clone()), updated_at: 0 }),
         );
     }
+    s.usage = bounds::Usage::measure(s.buckets.values().map(|b| &**b));
     s
 }
 
@@ -53,6 +54,9 @@ fn apply<R>(state: &mut DeviceState, plan: &Plan<R>) {
         state.sent.insert(k.clone(), *v);
     }
     state.structure_sent |= plan.structure_sent;
+    if let Some(u) = &plan.usage {
+        state.usage = u.clone();
+    }
 }
 
 fn put_entries(body: Value) -> Vec<Entry> {
@@ -293,7 +297,7 @@ fn tv16_the_acknowledgement_clears_the_flag_and_is_not_pushed_back() {
 #[test]
 fn values_are_stored_as_sent_and_limits_refuse_made_up_growth() {
     let mut c = ctx(NOW);
-    c.limits = Limits { buckets_per_device: 1, fields_per_bucket: 2 };
+    c.bounds = bounds::Bounds { buckets: 1, fields: 2, bucket_bytes: 1024, device_bytes: 1024 };
     let s = state(&[(&device(), 1, 1000, json!({"a": 1}))]);
     let plan = PutRequest {
         entries: put_entries(json!({"objects": [
