@@ -24,9 +24,8 @@ pub struct DeviceState {
     pub buckets: Buckets,
     /// Durable: committed with the buckets.
     pub pending: PendingMap,
-    /// The newest version of each bucket the device was given since this process started: sent
-    /// on a subscribe, or named in a PUT receipt. Firmware 4.3.3 lists keys without versions;
-    /// this is what it holds.
+    /// For keys a device lists without a version (firmware 4.3.3): the newest version it was
+    /// given since this process started, sent on a subscribe or named in a PUT receipt.
     pub sent: HashMap<String, Version>,
     /// The structure bucket went out once since this process started (the first subscribe
     /// after a start always carries it: a device may have reset its mode while its cached

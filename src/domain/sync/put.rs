@@ -96,7 +96,7 @@ impl Planner for PutRequest {
         // A device that lists bare keys must not be sent back what it just wrote.
         let given: Vec<(String, Version)> = receipts
             .iter()
-            .filter(|r| matches!(r.outcome, Outcome::Changed | Outcome::Unchanged))
+            .filter(|r| matches!(r.outcome, Outcome::Changed | Outcome::Unchanged) && state.sent.contains_key(&r.key))
             .map(|r| (r.key.clone(), r.version))
             .collect();
         let mut plan = Plan::new(Origin::Device, PutReply { receipts });

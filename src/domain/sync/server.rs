@@ -299,8 +299,8 @@ impl Planner for ExpireRequest {
     }
 }
 
-/// What went out on a held subscribe (the subscribe's own answer records itself): for
-/// devices that list bare keys, and for knowing which pushes await an acknowledgement.
+/// What went out on a held subscribe (the subscribe's own answer records itself): for knowing
+/// which pushes await an acknowledgement, and what a device that lists bare keys holds.
 #[derive(Debug, Clone, Default)]
 pub struct SentRequest {
     /// Key, version, and whether the value carried `target_change_pending: true`.
@@ -322,7 +322,9 @@ impl Planner for SentRequest {
         let mut plan = Plan::new(Origin::Device, ());
         for (key, version, flag) in self.sent {
             ledger.sent(&key, version, flag);
-            plan.sent.push((key, version));
+            if state.sent.contains_key(&key) {
+                plan.sent.push((key, version));
+            }
         }
         plan.pending = ledger.finish().0;
         Ok(plan)

@@ -144,12 +144,14 @@ impl Planner for SubscribeRequest {
             send.truncate(1);
         }
 
-        let mut sent = Vec::with_capacity(send.len());
+        let mut sent = Vec::new();
         let mut structure_sent = false;
         for (key, b) in &send {
             let version = Version::of(b);
             known.set_known(key, version);
-            sent.push((key.clone(), version));
+            if self.listed.iter().any(|l| l.key == *key && l.version.is_none()) {
+                sent.push((key.clone(), version));
+            }
             ledger.sent(key, version, carries_flag(&b.value));
             structure_sent |= key.starts_with("structure.") && owned.contains(key);
         }
