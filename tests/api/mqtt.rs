@@ -989,7 +989,7 @@ async fn a_pending_command_is_an_attribute_until_the_thermostat_confirms_it(brok
     let t = app.booted(SERIAL).await;
     let log = announced(&rec, SERIAL).await;
     assert_eq!(log.json(&climate(SERIAL)).unwrap()["json_attributes_topic"], ha(SERIAL, "attributes"));
-    assert_eq!(log.json(&ha(SERIAL, "attributes")), Some(json!({"pending": null})));
+    rec.wait_for("no pending command", |l| l.json(&ha(SERIAL, "attributes")) == Some(json!({"pending": null}))).await;
     // The thermostat is not subscribed: the command waits.
     assert_eq!(app.command(SERIAL, "set_temperature", json!(23.0)).await.status(), 200);
     rec.wait_for("pending attribute", |l| {
