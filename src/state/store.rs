@@ -292,7 +292,20 @@ impl Store {
         };
         let journaled = plan.changes_something();
         let durable = plan.touches_storage();
-        let Plan { origin, writes, pending, sent, structure_sent, usage, refused, event, notify, delete, reply } = plan;
+        let Plan {
+            origin,
+            writes,
+            pending,
+            sent,
+            restarted,
+            structure_sent,
+            usage,
+            refused,
+            event,
+            notify,
+            delete,
+            reply,
+        } = plan;
         for key in &refused {
             tracing::warn!(%serial, object_key = %key, "bucket write refused: over the storage bounds");
         }
@@ -321,6 +334,9 @@ impl Store {
                     Some(r) => state.pending.insert(p.key, r),
                     None => state.pending.shift_remove(&p.key),
                 };
+            }
+            if restarted {
+                state.sent.clear();
             }
             for (key, version) in sent {
                 let known = state.sent.entry(key).or_default();

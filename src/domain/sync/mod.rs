@@ -61,8 +61,9 @@ pub use plan::{Buckets, Context, DeviceState, Event, Origin, Outcome, PendingMap
 pub use push::{Committed, HoldState};
 pub use put::{PutReply, PutRequest, Receipt};
 pub use server::{
-    CommandRefusal, CommandReply, CommandRequest, DeleteRequest, DialogRequest, ExpireRequest, NotifyRequest,
-    PairRequest, RecordRequest, SentRequest, pairing_buckets, structure_id,
+    CommandRefusal, CommandReply, CommandRequest, DeleteRequest, DialogRequest, EntryRequest, ExpireRequest,
+    ListingRequest, NotifyRequest, PairRequest, RecordRequest, SentRequest, pairing_buckets, pairing_keys,
+    structure_id,
 };
 pub use subscribe::{Batch, Listed, Scope, SubscribeReply, SubscribeRequest};
 pub use version::{Version, server_is_newer};

@@ -116,6 +116,8 @@ pub struct Plan<R> {
     pub pending: Vec<PendingUpdate>,
     /// Versions the device was given (process memory only).
     pub sent: Vec<(String, Version)>,
+    /// The device restarted: the versions it was given are forgotten (before `sent` is added).
+    pub restarted: bool,
     pub structure_sent: bool,
     /// The sizes of the buckets after `writes` (set when there are writes).
     pub usage: Option<Usage>,
@@ -137,6 +139,7 @@ impl<R> Plan<R> {
             writes: Vec::new(),
             pending: Vec::new(),
             sent: Vec::new(),
+            restarted: false,
             structure_sent: false,
             usage: None,
             refused: Vec::new(),

@@ -5,10 +5,12 @@
 use serde_json::{Value, json};
 
 use super::delivery::Ledger;
-use super::plan::{Context, DeviceState, Draft, Event, Origin, Plan, Planner};
+use std::sync::Arc;
+
+use super::plan::{Buckets, Context, DeviceState, Draft, Event, Origin, Plan, Planner};
 use super::subscribe::carries_flag;
 use super::version::{Bump, Version, write};
-use crate::domain::bucket::{Fields, merged};
+use crate::domain::bucket::{Bucket, Fields, merged};
 use crate::domain::command::{self, CommandError, DeviceView, Target};
 
 /// The user id with a leading `user_` removed, as used in `structure.<id>`.
@@ -308,7 +310,7 @@ pub struct SentRequest {
 }
 
 impl SentRequest {
-    pub fn of(buckets: &[(String, std::sync::Arc<crate::domain::bucket::Bucket>)]) -> Self {
+    pub fn of(buckets: &[(String, Arc<Bucket>)]) -> Self {
         Self { sent: buckets.iter().map(|(k, b)| (k.clone(), Version::of(b), carries_flag(&b.value))).collect() }
     }
 }
@@ -320,13 +322,82 @@ impl Planner for SentRequest {
     fn plan(self, state: &DeviceState, _: &Context) -> Result<Plan<()>, Self::Refusal> {
         let mut ledger = Ledger::new(&state.pending);
         let mut plan = Plan::new(Origin::Device, ());
-        for (key, version, flag) in self.sent {
-            ledger.sent(&key, version, flag);
-            if state.sent.contains_key(&key) {
-                plan.sent.push((key, version));
-            }
-        }
+        record_sent(state, &mut ledger, &mut plan, self.sent);
         plan.pending = ledger.finish().0;
+        Ok(plan)
+    }
+}
+
+/// Records versions that went out: a pending command they carry counts as sent (it no longer
+/// expires), and a key the device lists bare now holds that version.
+fn record_sent<R>(
+    state: &DeviceState,
+    ledger: &mut Ledger,
+    plan: &mut Plan<R>,
+    sent: impl IntoIterator<Item = (String, Version, bool)>,
+) {
+    for (key, version, flag) in sent {
+        ledger.sent(&key, version, flag);
+        if state.sent.contains_key(&key) && !plan.restarted {
+            plan.sent.push((key, version));
+        }
+    }
+}
+
+/// A bucket listing (`GET …/device/device.S`). Replies every bucket of the device; when the
+/// listing carries their values (firmware 4.0.6 fills its store from it) they count as sent.
+#[derive(Debug, Clone, Copy)]
+pub struct ListingRequest {
+    pub values: bool,
+}
+
+impl Planner for ListingRequest {
+    type Reply = Buckets;
+    type Refusal = std::convert::Infallible;
+
+    fn plan(self, state: &DeviceState, _: &Context) -> Result<Plan<Buckets>, Self::Refusal> {
+        let mut plan = Plan::new(Origin::Device, state.buckets.clone());
+        if self.values {
+            let mut ledger = Ledger::new(&state.pending);
+            let sent = state.buckets.iter().map(|(k, b)| (k.clone(), Version::of(b), carries_flag(&b.value)));
+            record_sent(state, &mut ledger, &mut plan, sent);
+            plan.pending = ledger.finish().0;
+        }
+        Ok(plan)
+    }
+}
+
+/// `/nest/entry`: the thermostat (re)started and asks where to connect. What it was given
+/// before is gone from its memory, so a device that lists bare keys (4.3.3) is sent each of its
+/// buckets again on first contact (its store is filled that way). With `inline_pairing`, a
+/// paired device takes its user and structure buckets in the entry answer (4.3.3 arms its
+/// subscribe only once its store holds them, and never subscribes to them): they count as
+/// sent, so a command on them is delivered, not expired.
+#[derive(Debug, Clone)]
+pub struct EntryRequest {
+    pub owner: Option<String>,
+    pub inline_pairing: bool,
+}
+
+impl Planner for EntryRequest {
+    /// The buckets the entry answer carries.
+    type Reply = Vec<(String, Arc<Bucket>)>;
+    type Refusal = std::convert::Infallible;
+
+    fn plan(self, state: &DeviceState, _: &Context) -> Result<Plan<Self::Reply>, Self::Refusal> {
+        let inline: Vec<(String, Arc<Bucket>)> = match (&self.owner, self.inline_pairing) {
+            (Some(owner), true) => {
+                pairing_keys(owner).into_iter().filter_map(|k| state.buckets.get(&k).map(|b| (k, b.clone()))).collect()
+            }
+            _ => Vec::new(),
+        };
+        let mut ledger = Ledger::new(&state.pending);
+        let mut plan = Plan::new(Origin::Device, Vec::new());
+        plan.restarted = true;
+        let sent: Vec<_> = inline.iter().map(|(k, b)| (k.clone(), Version::of(b), carries_flag(&b.value))).collect();
+        record_sent(state, &mut ledger, &mut plan, sent);
+        plan.pending = ledger.finish().0;
+        plan.reply = inline;
         Ok(plan)
     }
 }

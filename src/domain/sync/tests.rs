@@ -50,6 +50,9 @@ fn apply<R>(state: &mut DeviceState, plan: &Plan<R>) {
             None => state.pending.shift_remove(&p.key),
         };
     }
+    if plan.restarted {
+        state.sent.clear();
+    }
     for (k, v) in &plan.sent {
         state.sent.insert(k.clone(), *v);
     }
@@ -636,4 +639,63 @@ fn v3_18_user_and_structure_are_never_added_to_a_v3_answer() {
             .push(&[Committed { origin: pairing.origin, buckets: &pairing.writes }])
             .is_empty()
     );
+}
+
+#[test]
+fn an_entry_is_a_restart_a_bare_key_device_gets_its_buckets_again() {
+    let mut s = booted();
+    for _ in 0..2 {
+        let sub = v3(vec![bare(&device()), bare(&shared())]).plan(&s, &ctx(NOW)).unwrap();
+        apply(&mut s, &sub);
+    }
+    assert!(v3(vec![bare(&device()), bare(&shared())]).plan(&s, &ctx(NOW)).unwrap().reply.send.is_empty());
+    let entry = EntryRequest { owner: None, inline_pairing: true }.plan(&s, &ctx(NOW)).unwrap();
+    assert!(entry.restarted && entry.reply.is_empty() && !entry.changes_something());
+    apply(&mut s, &entry);
+    assert!(s.sent.is_empty(), "forgotten");
+    let first = v3(vec![bare(&device()), bare(&shared())]).plan(&s, &ctx(NOW)).unwrap();
+    assert_eq!(keys(&first.reply.send), [device()], "its store is filled again, one bucket per poll");
+}
+
+#[test]
+fn buckets_an_entry_inlines_count_as_sent_so_commands_on_them_do_not_expire() {
+    let mut s = booted();
+    let owned = v3(vec![listed(&device(), 3, 1_760_000_000_000)]);
+    let plan = SubscribeRequest { owner: Some("u1".into()), ..owned }.plan(&s, &ctx(NOW)).unwrap();
+    apply(&mut s, &plan);
+    let away =
+        CommandRequest { serial: S.into(), name: "set_away".into(), value: json!(true), structure_id: "u1".into() }
+            .plan(&s, &ctx(NOW + 10))
+            .unwrap();
+    assert_eq!(away.reply.object_key, "structure.u1");
+    apply(&mut s, &away);
+    let expiry = ctx(NOW).expiry;
+    assert!(s.pending["structure.u1"].expires_at(&expiry).is_some(), "never sent: it would expire");
+
+    let plain = EntryRequest { owner: Some("u1".into()), inline_pairing: false }.plan(&s, &ctx(NOW + 20)).unwrap();
+    assert!(plain.reply.is_empty() && plain.pending.is_empty(), "nothing inline, nothing sent");
+    let entry = EntryRequest { owner: Some("u1".into()), inline_pairing: true }.plan(&s, &ctx(NOW + 20)).unwrap();
+    assert_eq!(keys(&entry.reply), ["user.u1", "structure.u1"]);
+    assert_eq!(entry.reply[1].1.value["manual_eco_all"], json!(true), "the commanded value");
+    apply(&mut s, &entry);
+    assert_eq!(s.pending["structure.u1"].expires_at(&expiry), None, "sent: it no longer expires");
+    let unowned = EntryRequest { owner: None, inline_pairing: true }.plan(&s, &ctx(NOW + 30)).unwrap();
+    assert!(unowned.reply.is_empty());
+}
+
+#[test]
+fn a_listing_with_values_counts_as_sent_one_without_does_not() {
+    let mut s = booted();
+    let cmd = command(&s, "set_temperature", json!(22.0), NOW);
+    apply(&mut s, &cmd);
+    let metadata = ListingRequest { values: false }.plan(&s, &ctx(NOW)).unwrap();
+    assert_eq!(
+        keys(&metadata.reply.iter().map(|(k, b)| (k.clone(), b.clone())).collect::<Vec<_>>()),
+        [shared(), device()]
+    );
+    assert!(metadata.pending.is_empty());
+    let values = ListingRequest { values: true }.plan(&s, &ctx(NOW)).unwrap();
+    apply(&mut s, &values);
+    let p = &s.pending[&shared()];
+    assert_eq!((p.sent_ts, p.acks_due), (Version::of(&s.buckets[&shared()]).timestamp, 1), "its flag awaits an ack");
 }
