@@ -16,8 +16,9 @@ use crate::state::pairing::IssueError;
 /// Largest entry form read (a real one is about 150 bytes); the rest is discarded.
 const ENTRY_FORM_LIMIT: usize = 16 * 1024;
 
-/// Service URLs. The form the thermostat posts only names its software; the reference
-/// changes no state here, and neither does roost beyond recording that version.
+/// Service URLs. The form the thermostat posts only names its software; the reference changes
+/// no state here. roost records that version, and that the thermostat restarted (what it was
+/// given before is gone).
 pub async fn entry(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let (form, _) = read_truncated(payload, ENTRY_FORM_LIMIT).await;
     let software_version = form_urlencoded::parse(&form)

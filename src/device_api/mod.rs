@@ -2,6 +2,7 @@
 //! the reference server answer it.
 
 mod entry;
+mod held;
 mod legacy;
 mod misc;
 pub mod throttle;
@@ -29,6 +30,10 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(get("/nest/passphrase/status", entry::passphrase_status))
         .service(get("/nest/pro_info", entry::pro_info))
         .service(get("/nest/pro_info/{code}", entry::pro_info))
+        // v3 (firmware 4.x) is chosen by the path (spec v3-firmware §1), ahead of the generic routes.
+        .route("/nest/transport/v3/subscribe", web::post().to(v3::subscribe))
+        .route("/nest/transport/v3/put", web::post().to(v3::put))
+        .service(get("/nest/transport/v3/device/{tail:.*}", v3::listing))
         .route("/nest/transport/", web::post().to(transport::subscribe))
         .route("/nest/transport/subscribe", web::post().to(transport::subscribe))
         .route("/nest/transport/put", web::post().to(transport::put))

@@ -8,51 +8,75 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use serde_json::Value;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::{Admission, Caller, Gated, admit, arrived, identify, serial_required, transport_ok};
+use super::held::Held;
+use super::{Admission, Caller, Gated, admit, arrived, header, identify, serial_required, transport_ok};
 use crate::AppState;
 use crate::body::{MAX_BODY, read_limited};
-use crate::domain::bucket::{self, Entry, Fields, WireObject, carries_setpoint, objects_document};
+use crate::domain::bucket::{Entry, WireObject, carries_setpoint, objects_document};
+use crate::domain::device_body::{self, Subscribe};
+use crate::domain::key;
 use crate::domain::sync::{
-    Batch, Committed, HoldState, Listed, Outcome, PutRequest, Scope, SentRequest, SubscribeReply, SubscribeRequest,
-    Version,
+    Batch, Buckets, ListingRequest, Outcome, PutReply, PutRequest, Scope, SentRequest, SubscribeReply, SubscribeRequest,
 };
 use crate::error::ApiError;
-use crate::hub::Subscription;
 use crate::state::Store;
+
+/// The header 4.0.6 may name its session in instead of the body.
+const SESSION_HEADER: &str = "x-nl-session-id";
 
 /// After a push, further changes within this window go out as more chunks on the same
 /// response; the firmware closes the connection after 5 s without data.
 pub const BATCH_WINDOW: Duration = Duration::from_secs(3);
 
-/// The body of a subscribe or PUT, its entries, and who sent it (the body's `session` names
-/// the device when the Basic user is a MAC).
-async fn read_request(
-    req: &HttpRequest,
-    payload: web::Payload,
-    put: bool,
-) -> Result<(Fields, Vec<Entry>, Caller), ApiError> {
+/// A subscribe body and who sent it (the body's `session`, else `X-nl-session-id`, names the
+/// device when the Basic user is a MAC).
+pub(super) async fn read_subscribe(req: &HttpRequest, payload: web::Payload) -> Result<(Subscribe, Caller), ApiError> {
     let body = read_limited(payload, MAX_BODY).await?;
-    let (root, entries) = bucket::parse_entries(&body, put).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let session = root.get("session").and_then(Value::as_str);
-    let caller = identify(req, session).ok_or_else(serial_required)?;
-    Ok((root, entries, caller))
+    let parsed = device_body::subscribe(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let caller = identify(req, parsed.session(header(req, SESSION_HEADER))).ok_or_else(serial_required)?;
+    Ok((parsed, caller))
 }
 
-fn weave_id(req: &HttpRequest) -> Option<Value> {
-    req.headers().get("x-nl-weave-device-id").and_then(|v| v.to_str().ok()).map(|s| Value::String(s.to_string()))
+/// A PUT body's entries and who sent them.
+pub(super) async fn read_put(req: &HttpRequest, payload: web::Payload) -> Result<(Vec<Entry>, Caller), ApiError> {
+    let body = read_limited(payload, MAX_BODY).await?;
+    let (root, entries) = device_body::put(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let caller = identify(req, device_body::session(&root, header(req, SESSION_HEADER))).ok_or_else(serial_required)?;
+    Ok((entries, caller))
 }
 
-/// `chunked` as the firmware sends it (`true`); strings and numbers are read by meaning,
-/// so `"false"` is not chunked.
-fn wants_chunked(root: &Fields) -> bool {
-    match root.get("chunked") {
-        Some(Value::Bool(b)) => *b,
-        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
-        Some(Value::String(s)) => matches!(s.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
-        _ => false,
+/// The sync engine's PUT request for `entries` of `serial`.
+pub(super) fn put_request(req: &HttpRequest, serial: &str, entries: Vec<Entry>) -> PutRequest {
+    for e in entries.iter().filter(|e| e.base_revision.is_some()) {
+        // Informational only (§8.4); firmware and other clients send 0 or stale values here.
+        tracing::trace!(serial, object_key = %e.key, base_object_revision = e.base_revision, "put");
     }
+    PutRequest { entries, weave_device_id: weave_id(req) }
+}
+
+pub(super) fn weave_id(req: &HttpRequest) -> Option<Value> {
+    header(req, "x-nl-weave-device-id").map(|s| Value::String(s.to_string()))
+}
+
+/// Who a bucket listing is for: the serial its path names (`…/device/device.S`, repaired
+/// suffixes removed), else the caller's.
+pub(super) fn listing_caller(req: &HttpRequest) -> Result<Caller, ApiError> {
+    match key::listing_serial(req.path()) {
+        Some(serial) => Ok(Caller { serial, password: None }),
+        None => identify(req, None).ok_or_else(|| ApiError::bad_request("Serial required")),
+    }
+}
+
+/// Every bucket of the device a listing is for (counted as sent when the listing carries
+/// values), after the pairing gate.
+pub(super) async fn listed_buckets(state: &AppState, caller: &Caller, values: bool) -> Result<Buckets, ApiError> {
+    admit(state, caller, Gated::Listing).await?;
+    // Made-up serials get nothing, and no state is created for them.
+    if !state.store.exists(&caller.serial) {
+        return Ok(Buckets::new());
+    }
+    Ok(state.store.commit(&caller.serial, ListingRequest { values }).await?.reply)
 }
 
 pub async fn subscribe(
@@ -60,17 +84,17 @@ pub async fn subscribe(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (root, entries, caller) = read_request(&req, payload, false).await?;
+    let (parsed, caller) = read_subscribe(&req, payload).await?;
     let admission = admit(&state, &caller, Gated::Subscribe).await?;
     let owner = arrived(&state, &caller).await?;
     let serial = caller.serial;
-    let chunked = wants_chunked(&root);
+    let long_poll = parsed.long_poll();
 
     // Registered before the state is read, so a change committed from here on is not missed.
-    let subscription = chunked.then(|| state.store.hub().subscribe(&serial));
+    let subscription = long_poll.then(|| state.store.hub().subscribe(&serial));
     let request = SubscribeRequest {
         serial: serial.clone(),
-        listed: entries.into_iter().map(listed).collect(),
+        listed: parsed.listed,
         owner,
         read_only: matches!(admission, Admission::ReadOnly),
         weave_device_id: weave_id(&req),
@@ -92,41 +116,31 @@ pub async fn subscribe(
     };
     let first = (!objects.is_empty()).then(|| Bytes::from(objects_document(&objects)));
     drop(objects);
-    let hold = Held {
-        subscription,
-        hold,
+    let held = Chunks {
+        held: Held::new(subscription, hold, state.shutdown.clone()),
         store: state.store.clone(),
         first,
         deadline: Instant::now() + state.config.hold_timeout(),
         batch_until: None,
         answered: false,
-        shutdown: state.shutdown.clone(),
     };
     Ok(response
         .content_type("application/json")
         .force_close()
-        .streaming(futures_util::stream::unfold(hold, Held::next_chunk)))
+        .streaming(futures_util::stream::unfold(held, Chunks::next_chunk)))
 }
 
-/// An objects-dialect entry as the engine sees a listed bucket: the objects dialect always
-/// gives a version (a missing one is 0, "I have nothing").
-fn listed(e: Entry) -> Listed {
-    Listed { key: e.key, version: Some(Version::new(e.revision, e.timestamp)), value: e.value }
-}
-
-/// One held subscribe response.
-struct Held {
-    subscription: Subscription,
-    hold: HoldState,
+/// A held objects-dialect subscribe: one chunk per push.
+struct Chunks {
+    held: Held,
     store: Arc<Store>,
     first: Option<Bytes>,
     deadline: Instant,
     batch_until: Option<Instant>,
     answered: bool,
-    shutdown: CancellationToken,
 }
 
-impl Held {
+impl Chunks {
     /// The next chunk, or `None` to end the response with the terminal chunk: right after an
     /// immediate answer (the device resubscribes with its new timestamps at once), at the hold
     /// timeout, 3 s after the last push, at shutdown, or when the hub ended this subscribe.
@@ -138,35 +152,17 @@ impl Held {
         if self.answered {
             return None;
         }
-        loop {
-            let until = self.batch_until.unwrap_or(self.deadline).min(self.deadline);
-            let change = tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
-                _ = tokio::time::sleep_until(until) => return None,
-                change = self.subscription.rx.recv() => change?,
-            };
-            let pushed = {
-                let mut changes = vec![change];
-                while let Ok(more) = self.subscription.rx.try_recv() {
-                    changes.push(more);
-                }
-                let committed: Vec<Committed<'_>> =
-                    changes.iter().map(|c| Committed { origin: c.origin, buckets: &c.buckets }).collect();
-                self.hold.push(&committed)
-            };
-            if pushed.is_empty() {
-                continue;
-            }
-            let serial = self.subscription.serial();
-            // Boxed: the commit's future would otherwise enlarge every held response's state.
-            if let Err(e) = Box::pin(self.store.commit(serial, SentRequest::of(&pushed))).await {
-                tracing::warn!(%serial, error = %e, "could not record a push");
-            }
-            let objects: Vec<WireObject<'_>> = pushed.iter().map(|(k, b)| WireObject::full(k, b)).collect();
-            let chunk = Bytes::from(objects_document(&objects));
-            self.batch_until = Some(Instant::now() + BATCH_WINDOW);
-            return Some((Ok(chunk), self));
+        let until = self.batch_until.unwrap_or(self.deadline).min(self.deadline);
+        // Boxed: the wait and the commit would otherwise enlarge every held response's state.
+        let pushed = Box::pin(self.held.next_push(until)).await?;
+        let serial = self.held.serial();
+        if let Err(e) = Box::pin(self.store.commit(serial, SentRequest::of(&pushed))).await {
+            tracing::warn!(%serial, error = %e, "could not record a push");
         }
+        let objects: Vec<WireObject<'_>> = pushed.iter().map(|(k, b)| WireObject::full(k, b)).collect();
+        let chunk = Bytes::from(objects_document(&objects));
+        self.batch_until = Some(Instant::now() + BATCH_WINDOW);
+        Some((Ok(chunk), self))
     }
 }
 
@@ -175,40 +171,30 @@ pub async fn put(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (_, entries, caller) = read_request(&req, payload, true).await?;
+    let (entries, caller) = read_put(&req, payload).await?;
     if let Admission::DropPut = admit(&state, &caller, Gated::Put).await? {
         return Ok(HttpResponse::Ok().json(serde_json::json!({"objects": []})));
     }
     arrived(&state, &caller).await?;
     let serial = caller.serial.as_str();
-    for e in entries.iter().filter(|e| e.base_revision.is_some()) {
-        // Informational only (§8.4); firmware and other clients send 0 or stale values here.
-        tracing::trace!(serial, object_key = %e.key, base_object_revision = e.base_revision, "put");
-    }
-    let request = PutRequest { entries, weave_device_id: weave_id(&req) };
-    let reply = state.store.commit(serial, request).await?.reply;
+    let reply = state.store.commit(serial, put_request(&req, serial, entries)).await?.reply;
     let objects: Vec<WireObject<'_>> =
         reply.receipts.iter().map(|r| WireObject::receipt(&r.key, r.version.revision, r.version.timestamp)).collect();
+    log_put(serial, &reply);
+    Ok(transport_ok(&state).content_type("application/json").body(objects_document(&objects)))
+}
+
+pub(super) fn log_put(serial: &str, reply: &PutReply) {
     let conflicts = reply.receipts.iter().filter(|r| r.outcome == Outcome::Conflict).count();
     let behind: Vec<&str> = reply.behind().collect();
-    tracing::debug!(serial, objects = objects.len(), conflicts, ?behind, "put");
-    Ok(transport_ok(&state).content_type("application/json").body(objects_document(&objects)))
+    tracing::debug!(serial, receipts = reply.receipts.len(), conflicts, ?behind, "put");
 }
 
 /// Revision, timestamp and key of every bucket of the device, no values.
 pub async fn listing(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let from_path = req
-        .match_info()
-        .get("tail")
-        .and_then(|tail| tail.rsplit_once("device/").map(|(_, s)| s.trim_start_matches("device.").to_string()))
-        .and_then(|s| crate::domain::serial::sanitize(&s));
-    let caller = match from_path {
-        Some(serial) => Caller { serial, password: None },
-        None => identify(&req, None).ok_or_else(|| ApiError::bad_request("Serial required"))?,
-    };
-    admit(&state, &caller, Gated::Listing).await?;
-    let snapshot = state.store.snapshot(&caller.serial);
+    let caller = listing_caller(&req)?;
+    let buckets = listed_buckets(&state, &caller, false).await?;
     let objects: Vec<WireObject<'_>> =
-        snapshot.iter().map(|(k, b)| WireObject::receipt(k, b.revision, b.timestamp)).collect();
+        buckets.iter().map(|(k, b)| WireObject::receipt(k, b.revision, b.timestamp)).collect();
     Ok(transport_ok(&state).content_type("application/json").body(objects_document(&objects)))
 }

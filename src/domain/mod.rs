@@ -3,6 +3,7 @@
 pub mod access;
 pub mod bucket;
 pub mod command;
+pub mod device_body;
 pub mod key;
 pub mod lock;
 pub mod preset;

@@ -256,7 +256,7 @@ async fn all_subscribe_paths_and_the_named_bucket_form_work() {
         "/nest/transport",
         "/nest/transport/",
         "/nest/transport/subscribe",
-        "/nest/transport/v3/subscribe",
+        "/nest/transport/v7/subscribe",
         "/czfe/v5/subscribe",
         "/transport/v5/subscribe",
         "/transport",

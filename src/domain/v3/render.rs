@@ -122,10 +122,15 @@ pub struct Skv {
     pub body: Vec<u8>,
 }
 
-/// The SKV response for a bucket; `None` when its key cannot travel in a header (only made-up
-/// keys with spaces or non-ASCII characters).
+/// Whether a key can travel in the `X-nl-skv-key` header (only made-up keys with spaces,
+/// control or non-ASCII characters cannot).
+pub fn fits_header(key: &str) -> bool {
+    !key.is_empty() && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// The SKV response for a bucket; `None` when its key cannot travel in a header.
 pub fn skv(shape: &Shape, key: &str, bucket: &Bucket) -> Option<Skv> {
-    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+    if !fits_header(key) {
         return None;
     }
     Some(Skv {

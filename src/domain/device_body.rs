@@ -1,40 +1,51 @@
-//! Device bodies of every shape → the entries the sync engine works on. Both known v3
-//! implementations accept every body shape on every path (only the response follows the
-//! path), so these parsers take the objects dialect's shapes as well as v3's.
+//! Device request bodies of every dialect → the sync engine's requests. Both known v3
+//! implementations accept every body shape on every path (only the response follows the path),
+//! so one parser per request kind takes the objects dialect's shapes (`objects` array, named
+//! buckets) as well as v3's (`keys` list, members named after bucket types).
 
 use serde_json::Value;
 
 use crate::domain::bucket::{self, BodyError, Entry, Fields, MAX_OBJECT_KEY_LEN};
 use crate::domain::key;
-
-/// One key a v3 subscribe lists. 4.0.6 says which version it holds; 4.3.3 sends bare keys, so
-/// what it holds is what the server last sent it (the sync engine keeps that).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Listed {
-    pub key: String,
-    pub revision: Option<i64>,
-    pub timestamp: Option<i64>,
-}
+use crate::domain::sync::{Listed, Version};
 
 /// A parsed subscribe body.
 #[derive(Debug)]
 pub struct Subscribe {
     pub root: Fields,
-    /// Entries of the objects-array and named-bucket forms.
-    pub entries: Vec<Entry>,
-    /// The v3 `keys` list, when the body has one and no `objects` array.
-    pub keys: Option<Vec<Listed>>,
+    /// What the device lists, in request order, each key once.
+    pub listed: Vec<Listed>,
+    /// The body is a v3 `keys` list (no `objects` array).
+    keys: bool,
 }
 
 impl Subscribe {
-    /// Whether this is a v3 `keys` body (always a long-poll, whatever `chunked` says).
-    pub fn is_keys(&self) -> bool {
-        self.keys.is_some()
+    /// Whether the device waits for an answer (a long-poll): a v3 `keys` body always does,
+    /// whatever `chunked` says; an objects body when `chunked` is true.
+    pub fn long_poll(&self) -> bool {
+        self.keys || wants_chunked(&self.root)
     }
 
     /// The body's `session`, else the `X-nl-session-id` header 4.0.6 may send instead.
     pub fn session<'a>(&'a self, header: Option<&'a str>) -> Option<&'a str> {
-        self.root.get("session").and_then(Value::as_str).or(header).filter(|s| !s.is_empty())
+        session(&self.root, header)
+    }
+}
+
+/// The body's `session`, else the `X-nl-session-id` header (it names the device when the Basic
+/// user is a MAC).
+pub fn session<'a>(root: &'a Fields, header: Option<&'a str>) -> Option<&'a str> {
+    root.get("session").and_then(Value::as_str).or(header).filter(|s| !s.is_empty())
+}
+
+/// `chunked` as the firmware sends it (`true`); strings and numbers are read by meaning, so
+/// `"false"` is not chunked.
+fn wants_chunked(root: &Fields) -> bool {
+    match root.get("chunked") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_f64().is_some_and(|f| f != 0.0),
+        Some(Value::String(s)) => matches!(s.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
+        _ => false,
     }
 }
 
@@ -45,34 +56,48 @@ fn whole(v: Option<&Value>) -> Option<i64> {
     n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15).map(|f| f as i64))
 }
 
+/// An objects-dialect entry as a listed bucket: it always gives a version (a missing one is 0,
+/// "I have nothing") and may carry values.
+fn from_entry(e: Entry) -> Listed {
+    Listed { key: e.key, version: Some(Version::new(e.revision, e.timestamp)), value: e.value }
+}
+
 /// `{"keys":[{"key":K,"version":V,"timestamp":T}, …]}`: entries that are objects with a string
-/// key are kept (canonical, first of duplicates), anything else is dropped.
-fn listed_keys(items: &[Value]) -> Vec<Listed> {
-    let mut out: Vec<Listed> = Vec::with_capacity(items.len());
+/// key are kept (canonical), anything else is dropped. 4.0.6 says which version it holds;
+/// 4.3.3 sends bare keys (version `None`): what it holds is what it was given, which the sync
+/// engine keeps.
+fn listed_keys(items: &[Value], out: &mut Vec<Listed>) {
     for item in items {
         let Some(Value::String(raw)) = item.get("key") else { continue };
         let canonical = key::canonical(raw);
         if canonical.is_empty() || canonical.len() > MAX_OBJECT_KEY_LEN || out.iter().any(|l| l.key == canonical) {
             continue;
         }
-        out.push(Listed {
-            key: canonical.to_string(),
-            revision: whole(item.get("version")),
-            timestamp: whole(item.get("timestamp")),
-        });
+        let (revision, timestamp) = (whole(item.get("version")), whole(item.get("timestamp")));
+        let version = (revision.is_some() || timestamp.is_some())
+            .then(|| Version::new(revision.unwrap_or(0), timestamp.unwrap_or(0)));
+        out.push(Listed { key: canonical.to_string(), version, value: None });
     }
-    out
 }
 
 /// A subscribe body: the objects array, named buckets, or the v3 `keys` list.
 pub fn subscribe(body: &[u8]) -> Result<Subscribe, BodyError> {
     let (root, entries) = bucket::parse_entries(body, false)?;
+    let mut listed: Vec<Listed> = Vec::with_capacity(entries.len());
+    for e in entries {
+        if !listed.iter().any(|l| l.key == e.key) {
+            listed.push(from_entry(e));
+        }
+    }
     let keys = match (root.get("objects"), root.get("keys")) {
-        (Some(Value::Array(_)), _) => None,
-        (_, Some(Value::Array(items))) => Some(listed_keys(items)),
-        _ => None,
+        (Some(Value::Array(_)), _) => false,
+        (_, Some(Value::Array(items))) => {
+            listed_keys(items, &mut listed);
+            true
+        }
+        _ => false,
     };
-    Ok(Subscribe { root, entries, keys })
+    Ok(Subscribe { root, listed, keys })
 }
 
 /// A PUT body: the objects array (which wins when present), bucket-keyed members, or v3
@@ -194,15 +219,19 @@ mod tests {
         assert_eq!(err.to_string(), format!("shared.{S}.if_object_revision must be a number"));
     }
 
+    fn bare(key: &str) -> Listed {
+        Listed { key: key.into(), version: None, value: None }
+    }
+
     // spec v3-firmware §7 vector 11
     #[test]
     fn keys_with_version_and_timestamp() {
         let k = format!("shared.{S}");
         let s =
             subscribe(json!({"keys": [{"key": k, "version": 3, "timestamp": 123}]}).to_string().as_bytes()).unwrap();
-        assert!(s.is_keys() && s.entries.is_empty());
+        assert!(s.long_poll(), "a keys body is a long-poll without `chunked`");
         assert_eq!(s.session(None), None);
-        assert_eq!(s.keys.unwrap(), vec![Listed { key: k, revision: Some(3), timestamp: Some(123) }]);
+        assert_eq!(s.listed, vec![Listed { key: k, version: Some(Version::new(3, 123)), value: None }]);
     }
 
     // spec v3-firmware §7 vector 12
@@ -212,10 +241,10 @@ mod tests {
             {"key": format!("device.{S} ._sync"), "version": 1}, {"key": ""}, {"key": "user.x", "version": 2.0, "timestamp": "7"}]});
         let s = subscribe(body.to_string().as_bytes()).unwrap();
         assert_eq!(
-            s.keys.unwrap(),
+            s.listed,
             vec![
-                Listed { key: format!("device.{S}"), revision: None, timestamp: None },
-                Listed { key: "user.x".into(), revision: Some(2), timestamp: None },
+                bare(&format!("device.{S}")),
+                Listed { key: "user.x".into(), version: Some(Version::new(2, 0)), value: None }
             ]
         );
     }
@@ -226,16 +255,36 @@ mod tests {
         assert_eq!(s.session(Some("h")), Some("b"));
         let s = subscribe(br#"{"keys":[]}"#).unwrap();
         assert_eq!(s.session(Some("h")), Some("h"));
+        assert_eq!(s.session(Some("")), None);
     }
 
     #[test]
-    fn objects_bodies_still_parse_as_before() {
-        let body = json!({"chunked": true, "objects": [{"object_key": "device.A", "object_revision": 2, "object_timestamp": 5}],
-            "keys": [{"key": "shared.A"}]});
+    fn objects_bodies_list_versions_and_values_and_win_over_keys() {
+        let body = json!({"chunked": true, "objects": [
+                {"object_key": "device.A", "object_revision": 2, "object_timestamp": 5},
+                {"object_key": "shared.A", "value": {"t": 1}},
+                {"object_key": "device.A ._sync", "object_revision": 9}],
+            "keys": [{"key": "user.A"}]});
         let s = subscribe(body.to_string().as_bytes()).unwrap();
-        assert!(!s.is_keys(), "the objects array wins");
-        let e = s.entries;
-        assert_eq!((e[0].key.as_str(), e[0].revision, e[0].timestamp), ("device.A", 2, 5));
+        assert!(s.long_poll());
+        let device = Listed { key: "device.A".into(), version: Some(Version::new(2, 5)), value: None };
+        let inline = Listed {
+            key: "shared.A".into(),
+            version: Some(Version::NONE),
+            value: Some(json!({"t": 1}).as_object().cloned().unwrap()),
+        };
+        assert_eq!(s.listed, vec![device, inline], "the objects array wins; a key listed twice counts once");
+        assert!(!subscribe(br#"{"objects":[]}"#).unwrap().long_poll());
         assert_eq!(subscribe(b"[]").unwrap_err(), BodyError::NotObject);
+    }
+
+    #[test]
+    fn chunked_is_read_by_meaning() {
+        for (chunked, long) in
+            [(json!(true), true), (json!("true"), true), (json!(1), true), (json!("false"), false), (json!(0), false)]
+        {
+            let s = subscribe(json!({"chunked": chunked, "objects": []}).to_string().as_bytes()).unwrap();
+            assert_eq!(s.long_poll(), long, "{chunked}");
+        }
     }
 }
