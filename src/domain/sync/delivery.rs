@@ -3,7 +3,9 @@
 //! went out expires instead of surprising someone hours later.
 //!
 //! A pending field is **confirmed** when the thermostat
-//! - lists the bucket in a subscribe at a version at least as new as the server's,
+//! - lists the bucket in a subscribe at a version at least as new as the server's (a device
+//!   listing bare keys, firmware 4.3.3, holds what it was last sent: it confirms by polling
+//!   again after that version went out),
 //! - reports the commanded value for it, or
 //! - acknowledges (`target_change_pending: false`) the last push it was sent, every earlier
 //!   push carrying the flag acknowledged too (`base_object_revision` is never compared:

@@ -104,8 +104,10 @@ impl Planner for SubscribeRequest {
                 known.remember(&listed.key, v);
             }
         }
+        // Holding the current version, the device holds every pending field of the bucket. A
+        // device listing bare keys holds what it was last sent: polling again, it had it.
         for listed in &self.listed {
-            let (Some(device), Some(b)) = (listed.version, draft.get(&listed.key)) else { continue };
+            let (Some(device), Some(b)) = (known.known(&listed.key), draft.get(&listed.key)) else { continue };
             if ledger.get(&listed.key).is_some() && super::delivery::Pending::holds_current(device, Version::of(b)) {
                 ledger.confirm(&listed.key);
             }

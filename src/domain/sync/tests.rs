@@ -699,3 +699,31 @@ fn a_listing_with_values_counts_as_sent_one_without_does_not() {
     let p = &s.pending[&shared()];
     assert_eq!((p.sent_ts, p.acks_due), (Version::of(&s.buckets[&shared()]).timestamp, 1), "its flag awaits an ack");
 }
+
+#[test]
+fn a_bare_key_device_confirms_a_command_by_polling_again_after_it_went_out() {
+    let mut s = booted();
+    for _ in 0..2 {
+        let sub = v3(vec![bare(&device()), bare(&shared())]).plan(&s, &ctx(NOW)).unwrap();
+        apply(&mut s, &sub);
+    }
+    let cmd = CommandRequest {
+        serial: S.into(),
+        name: "set_device_setting".into(),
+        value: json!({"temperature_scale": "F"}),
+        structure_id: "default".into(),
+    }
+    .plan(&s, &ctx(NOW + 10))
+    .unwrap();
+    apply(&mut s, &cmd);
+    let out = v3(vec![bare(&device()), bare(&shared())]).plan(&s, &ctx(NOW + 20)).unwrap();
+    assert_eq!(keys(&out.reply.send), [device()]);
+    assert!(out.event.is_none(), "sent, not confirmed yet");
+    apply(&mut s, &out);
+    assert!(s.pending.contains_key(&device()));
+    let again = v3(vec![bare(&device()), bare(&shared())]).plan(&s, &ctx(NOW + 30)).unwrap();
+    assert!(again.reply.send.is_empty());
+    assert_eq!(again.event.as_ref().map(|e| e.detail["state"].clone()), Some(json!("confirmed")));
+    apply(&mut s, &again);
+    assert!(s.pending.is_empty());
+}
