@@ -82,6 +82,9 @@ pub struct V3State {
     pub subscribes: u64,
     /// Acknowledgements of a bucket the device had not received yet (retried later).
     pub rejected_acks: u64,
+    /// PUTs answered with an acknowledgement naming no bucket (`{}`): nothing was accepted, so
+    /// everything stays dirty and is sent again (a server waiting for pairing answers this way).
+    pub unacknowledged: u64,
     /// Times the simulator backed off after subscribes that ended at once with nothing new.
     pub backoffs: u64,
     /// The last bucket listing the server answered.
@@ -124,6 +127,7 @@ pub struct V3Thermostat {
     pub firmware: Firmware,
     wire: Thermostat,
     corrupt_keys: bool,
+    base_revision_zero: bool,
     state: Arc<Observed<V3State>>,
 }
 
@@ -150,6 +154,7 @@ impl V3Thermostat {
             firmware,
             wire: Thermostat::new(client, serial),
             corrupt_keys: false,
+            base_revision_zero: false,
             state: Arc::new(Observed::new(state)),
         }
     }
@@ -158,6 +163,12 @@ impl V3Thermostat {
     /// the listing path, whose request line then has four tokens.
     pub fn with_corrupted_keys(mut self) -> Self {
         self.corrupt_keys = true;
+        self
+    }
+
+    /// Sends `base_object_revision: 0` in every bucket it PUTs, as some firmware and clients do.
+    pub fn with_base_revision_zero(mut self) -> Self {
+        self.base_revision_zero = true;
         self
     }
 
@@ -346,8 +357,12 @@ impl V3Thermostat {
         let mut body = Map::new();
         for (key, fields) in &dirty {
             let Some((kind, id)) = key.split_once('.') else { continue };
+            let mut inner = fields.clone();
+            if self.base_revision_zero {
+                inner.insert("base_object_revision".into(), json!(0));
+            }
             if let Value::Object(by_id) = body.entry(kind).or_insert_with(|| json!({})) {
-                by_id.insert(self.on_wire(id), Value::Object(fields.clone()));
+                by_id.insert(self.on_wire(id), Value::Object(inner));
             }
         }
         let resp = self.send(Request::post(&self.path("put")).json(&Value::Object(body))).await?;
@@ -361,6 +376,10 @@ impl V3Thermostat {
         let Ok(Value::Object(doc)) = serde_json::from_slice::<Value>(body) else {
             return self.fault(format!("acknowledgement is not a JSON object: {text}"));
         };
+        if doc.is_empty() {
+            self.state.update(|s| s.unacknowledged += 1);
+            return;
+        }
         if !(text.contains(r#""$version":"#) && text.contains(r#""$timestamp":"#)) {
             return self.fault(format!(
                 "acknowledgement without \"$version\":/\"$timestamp\": tokens (PUT re-sent forever): {text}"
@@ -646,6 +665,18 @@ mod tests {
         let direct = json!({t.key("shared"): {"$version": 2, "$timestamp": 200}}).to_string();
         t.read_ack(&sent, direct.as_bytes());
         assert!(t.state().faults.iter().any(|f| f.contains("corrupts its key")), "{:?}", t.state().faults);
+    }
+
+    #[test]
+    fn an_acknowledgement_of_nothing_keeps_every_change_dirty_without_a_fault() {
+        for firmware in [Firmware::V43, Firmware::V40] {
+            let (t, sent) = with_dirty_shared(firmware);
+            t.read_ack(&sent, b"{}");
+            let s = t.state();
+            assert!(s.faults.is_empty(), "{firmware:?}: {:?}", s.faults);
+            assert_eq!(s.unacknowledged, 1);
+            assert_eq!(s.dirty, sent, "sent again later");
+        }
     }
 
     #[test]

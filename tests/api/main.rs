@@ -23,3 +23,4 @@ mod subscribe;
 mod tls;
 mod v1;
 mod v3;
+mod v3_sync;

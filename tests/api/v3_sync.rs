@@ -1,0 +1,223 @@
+//! Thermostats on the v3 transport end to end, driven by the simulator as firmware 4.3.3 and
+//! 4.0.6: boot, pairing, PUT, commands reaching a held subscribe, successive polls, delivery.
+//! Every scenario ends by asserting the simulator saw nothing the real firmware would choke on.
+
+use std::time::Duration;
+
+use roost::sim::V3Thermostat;
+use roost::sim::http::{Conn, Head, Request};
+use roost::sim::v3::{Answer, Firmware};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::events::Stream;
+use crate::helpers::*;
+
+const BOTH: [Firmware; 2] = [Firmware::V43, Firmware::V40];
+
+fn shared() -> String {
+    format!("shared.{SERIAL}")
+}
+
+fn device() -> String {
+    format!("device.{SERIAL}")
+}
+
+fn sim(app: &TestApp, firmware: Firmware) -> V3Thermostat {
+    V3Thermostat::new(app.device.clone(), SERIAL, firmware)
+}
+
+/// Polls until the thermostat holds its device and shared buckets and has nothing left to PUT
+/// (each poll answers at once while it does not: one bucket per answer).
+async fn settle(t: &V3Thermostat) {
+    let mine = [t.key("device"), t.key("shared")];
+    for _ in 0..6 {
+        if t.state().settled(&mine) {
+            return;
+        }
+        t.subscribe_once().await.expect("subscribe");
+    }
+    panic!("{:?} did not settle: {:?}", t.firmware, t.state());
+}
+
+/// A thermostat of `firmware` that has booted and settled, without faults.
+async fn booted(app: &TestApp, firmware: Firmware) -> V3Thermostat {
+    let t = sim(app, firmware);
+    t.boot(21.5).await.expect("boot");
+    settle(&t).await;
+    no_faults(&t);
+    t
+}
+
+fn no_faults(t: &V3Thermostat) {
+    let s = t.state();
+    assert!(s.faults.is_empty(), "{:?}: {:?}", t.firmware, s.faults);
+}
+
+async fn status(app: &TestApp) -> Value {
+    app.control.send(&Request::get(&format!("/status?serial={SERIAL}"))).await.unwrap().json().unwrap()
+}
+
+/// Held subscribes of `SERIAL`, awaited until there are `n` (a 4.0.6 subscribe shows nothing on
+/// the wire while it is held).
+async fn wait_held(app: &TestApp, n: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let devices = app.control.send(&Request::get("/api/devices")).await.unwrap().json().unwrap();
+        let held = devices["devices"]
+            .as_array()
+            .and_then(|d| d.iter().find(|d| d["serial"] == SERIAL))
+            .and_then(|d| d["subscription_count"].as_u64());
+        if held == Some(n) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{n} held subscribes expected, {held:?} seen");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Opens a subscribe whose answer is awaited elsewhere (4.0.6 gets no head while it is held).
+fn open(t: &V3Thermostat) -> tokio::task::JoinHandle<(Conn, Head)> {
+    let t = t.clone();
+    tokio::spawn(async move { t.open_subscribe().await.expect("subscribe") })
+}
+
+#[tokio::test]
+async fn each_firmware_boots_settles_and_then_is_held() {
+    for firmware in BOTH {
+        let app = TestApp::start(&[]).await;
+        let t = booted(&app, firmware).await;
+        let s = t.state();
+        assert_eq!(s.pushed_keys(), [device(), shared()], "{firmware:?}: one bucket per answer, in listed order");
+        assert!(s.pushes.iter().all(|p| p.applied));
+        let st = status(&app).await;
+        assert_eq!(st["current_temperature"], json!(21.5), "{firmware:?}: {st}");
+        assert_eq!(st["target_temperature"], json!(20.0));
+        // Nothing newer: held. 4.3.3 gets its head at once (no bucket named), 4.0.6 nothing.
+        let pending = open(&t);
+        wait_held(&app, 1).await;
+        match firmware {
+            Firmware::V43 => {
+                let (_, head) = pending.await.unwrap();
+                assert!(head.header("x-nl-skv-key").is_none());
+            }
+            Firmware::V40 => {
+                assert!(!pending.is_finished());
+                pending.abort();
+            }
+        }
+        no_faults(&t);
+    }
+}
+
+#[tokio::test]
+async fn a_command_reaches_a_held_4_3_subscribe_as_a_tickle_and_the_next_poll_carries_it() {
+    let app = TestApp::start(&[]).await;
+    let t = booted(&app, Firmware::V43).await;
+    let (mut conn, head) = t.open_subscribe().await.unwrap();
+    assert_eq!(head.status, 200);
+    assert!(head.header("x-nl-skv-key").is_none(), "headers at once, no bucket named");
+    assert_eq!(head.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(app.command(SERIAL, "set_temperature", json!(22.5)).await.status(), 200);
+    let body = tokio::time::timeout(WAIT, conn.read_body(&head)).await.unwrap().unwrap();
+    assert!(body.is_empty(), "the tickle is an empty body: {body:?}");
+    assert_eq!(status(&app).await["pending"]["fields"], json!({"target_temperature": 22.5}));
+
+    let answer = t.subscribe_once().await.unwrap();
+    assert_eq!(answer, Answer::Bucket { key: shared(), applied: true });
+    let s = t.state();
+    let push = s.pushes.last().unwrap();
+    assert!(push.disable_defer, "a setpoint asks for confirmation without the defer window");
+    assert_eq!(s.field(&shared(), "target_temperature"), Some(&json!(22.5)));
+    // The simulator acknowledged it (target_change_pending: false): confirmed.
+    assert!(status(&app).await.get("pending").is_none(), "{}", status(&app).await);
+    assert!(t.state().dirty.is_empty());
+    no_faults(&t);
+}
+
+#[tokio::test]
+async fn a_command_reaches_a_held_4_0_subscribe_as_headers_on_data() {
+    let app = TestApp::start(&[]).await;
+    let t = booted(&app, Firmware::V40).await;
+    let before = t.state().buckets[&shared()].clone();
+    let pending = open(&t);
+    wait_held(&app, 1).await;
+    assert_eq!(app.command(SERIAL, "set_temperature", json!(22.0)).await.status(), 200);
+    let (mut conn, head) = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
+    assert_eq!(head.header("x-nl-skv-key"), Some(shared().as_str()));
+    assert!(head.header("transfer-encoding").is_none(), "one complete response");
+    assert_eq!(head.header("content-type"), Some("application/json; charset=utf-8"));
+    let version: i64 = head.header("x-nl-skv-version").unwrap().parse().unwrap();
+    let timestamp: i64 = head.header("x-nl-skv-timestamp").unwrap().parse().unwrap();
+    assert_eq!(version, before.revision + 1);
+    assert!(timestamp > before.timestamp);
+    let body = conn.read_body(&head).await.unwrap();
+    assert_eq!(body.len(), head.header("content-length").unwrap().parse::<usize>().unwrap());
+    let value: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (value["target_temperature"].clone(), value["target_change_pending"].clone()),
+        (json!(22.0), json!(true))
+    );
+    assert!(!String::from_utf8_lossy(&body).contains(": "), "compact");
+    wait_held(&app, 0).await;
+    // Delivered: it does not expire, and a poll with the new version holds.
+    assert!(status(&app).await["pending"]["expires"].is_null(), "{}", status(&app).await);
+    no_faults(&t);
+}
+
+#[tokio::test]
+async fn two_changed_buckets_go_out_on_successive_polls() {
+    for firmware in BOTH {
+        let app = TestApp::start(&[]).await;
+        let t = booted(&app, firmware).await;
+        assert_eq!(app.command(SERIAL, "set_temperature", json!(23.0)).await.status(), 200);
+        let scale = app.command(SERIAL, "set_device_setting", json!({"temperature_scale": "F"})).await;
+        assert_eq!(scale.status(), 200, "{}", String::from_utf8_lossy(&scale.body));
+        let first = t.subscribe_once().await.unwrap();
+        let second = t.subscribe_once().await.unwrap();
+        assert_eq!(
+            (first, second),
+            (Answer::Bucket { key: device(), applied: true }, Answer::Bucket { key: shared(), applied: true }),
+            "{firmware:?}: one bucket per answer, in the order listed"
+        );
+        let s = t.state();
+        assert_eq!(s.field(&shared(), "target_temperature"), Some(&json!(23.0)));
+        assert_eq!(s.field(&device(), "temperature_scale"), Some(&json!("F")));
+        assert!(status(&app).await.get("pending").is_none(), "{firmware:?}: both confirmed");
+        no_faults(&t);
+    }
+}
+
+#[tokio::test]
+async fn a_running_thermostat_follows_commands_and_never_gets_user_or_structure_on_a_subscribe() {
+    for firmware in BOTH {
+        let app = TestApp::start(&["--connection-hold-timeout=0.5"]).await;
+        let t = booted(&app, firmware).await;
+        let stop = CancellationToken::new();
+        let task = t.run(stop.clone());
+        for target in [19.0, 19.5, 20.5] {
+            assert_eq!(app.command(SERIAL, "set_temperature", json!(target)).await.status(), 200);
+            t.wait_for(WAIT, "the setpoint, acknowledged", |s| {
+                s.field(&shared(), "target_temperature") == Some(&json!(target))
+                    && s.field(&shared(), "target_change_pending") == Some(&json!(false))
+                    && s.dirty.is_empty()
+            })
+            .await
+            .unwrap();
+        }
+        t.wait_for(WAIT, "a hold timeout", |s| s.tickles >= 1).await.unwrap();
+        stop.cancel();
+        task.await.unwrap();
+        let s = t.state();
+        assert!(
+            s.pushed_keys().iter().all(|k| *k == device() || *k == shared()),
+            "{firmware:?}: only listed keys: {:?}",
+            s.pushed_keys()
+        );
+        let setpoints = s.pushes.iter().filter(|p| p.key == shared()).count();
+        assert_eq!(setpoints, 4, "{firmware:?}: the boot copy and each command once: {:?}", s.pushes);
+        assert_eq!(s.backoffs, 0, "{firmware:?}: no empty answers in a row");
+        assert!(status(&app).await.get("pending").is_none());
+        no_faults(&t);
+    }
+}
