@@ -49,6 +49,30 @@ async fn the_device_port_serves_tls_1_2_and_1_3_with_the_certificates_in_cert_di
 }
 
 #[tokio::test]
+async fn a_4_3_3_thermostat_that_corrupts_its_keys_works_over_tls() {
+    use roost::sim::V3Thermostat;
+    use roost::sim::v3::{Answer, Firmware};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(tmp.path().join("fullchain.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(tmp.path().join("privkey.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let app = TestApp::start(&[&format!("--cert-dir={}", tmp.path().display())]).await;
+    let client = tls_client(&app.device_url, &cert, &rustls::version::TLS12);
+    // Its listing path is a four-token request line, repaired behind TLS.
+    let t = V3Thermostat::new(client, SERIAL, Firmware::V43).with_corrupted_keys();
+    t.boot(20.0).await.unwrap();
+    crate::v3_sync::settle(&t).await;
+    let (mut conn, head) = t.open_subscribe().await.unwrap();
+    app.command(SERIAL, "set_temperature", json!(20.5)).await;
+    assert!(conn.read_body(&head).await.unwrap().is_empty(), "the tickle");
+    let shared = format!("shared.{SERIAL}");
+    assert_eq!(t.subscribe_once().await.unwrap(), Answer::Bucket { key: shared.clone(), applied: true });
+    assert_eq!(t.state().field(&shared, "target_temperature"), Some(&json!(20.5)));
+    crate::v3_sync::no_faults(&t);
+}
+
+#[tokio::test]
 async fn a_missing_certificate_stops_start_up_with_a_clear_message() {
     let tmp = tempfile::tempdir().unwrap();
     let args = vec![
