@@ -2,7 +2,6 @@
 //! bucket listing.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
@@ -17,17 +16,14 @@ use crate::domain::bucket::{Entry, WireObject, carries_setpoint, objects_documen
 use crate::domain::device_body::{self, Subscribe};
 use crate::domain::key;
 use crate::domain::sync::{
-    Batch, Buckets, ListingRequest, Outcome, PutReply, PutRequest, Scope, SentRequest, SubscribeReply, SubscribeRequest,
+    BATCH_WINDOW, Batch, Buckets, ListingRequest, Outcome, PutReply, PutRequest, Scope, SentRequest, SubscribeReply,
+    SubscribeRequest,
 };
 use crate::error::ApiError;
 use crate::state::Store;
 
 /// The header 4.0.6 may name its session in instead of the body.
 const SESSION_HEADER: &str = "x-nl-session-id";
-
-/// After a push, further changes within this window go out as more chunks on the same
-/// response; the firmware closes the connection after 5 s without data.
-pub const BATCH_WINDOW: Duration = Duration::from_secs(3);
 
 /// A subscribe body and who sent it (the body's `session`, else `X-nl-session-id`, names the
 /// device when the Basic user is a MAC).

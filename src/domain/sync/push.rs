@@ -1,10 +1,16 @@
 //! Pushes: which committed change goes to which held subscribe.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::plan::Origin;
 use super::version::{Version, server_is_newer};
 use crate::domain::bucket::Bucket;
+
+/// After a push on a held objects-dialect response, further changes within this window go out
+/// as more chunks of the same response, then it ends; the firmware closes the connection after
+/// 5 s without data. (A v3 response carries one bucket and ends with it.)
+pub const BATCH_WINDOW: Duration = Duration::from_secs(3);
 
 /// What a held subscribe knows: the version of each bucket the device holds or was sent.
 #[derive(Debug, Clone, Default)]
