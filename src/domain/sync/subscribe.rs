@@ -141,6 +141,11 @@ impl Planner for SubscribeRequest {
                 }
             }
         }
+        // A bare key the device was never sent is listed all the same: a bucket written under
+        // it during the hold wakes it (the next poll then applies the first-contact rule).
+        for listed in &self.listed {
+            known.remember(&listed.key, Version::NONE);
+        }
         let more = self.batch == Batch::One && send.len() > 1;
         if self.batch == Batch::One {
             send.truncate(1);

@@ -727,3 +727,23 @@ fn a_bare_key_device_confirms_a_command_by_polling_again_after_it_went_out() {
     apply(&mut s, &again);
     assert!(s.pending.is_empty());
 }
+
+#[test]
+fn a_bare_key_never_sent_still_wakes_the_hold_when_its_bucket_is_written() {
+    let mut s = state(&[(&device(), 1, 1_760_000_000_000, json!({}))]);
+    let held = v3(vec![bare(&device())]).plan(&s, &ctx(NOW)).unwrap();
+    assert!(held.reply.send.is_empty(), "an empty value is never a first contact");
+    let mut hold = held.reply.hold;
+    let cmd = CommandRequest {
+        serial: S.into(),
+        name: "set_device_setting".into(),
+        value: json!({"temperature_scale": "F"}),
+        structure_id: "default".into(),
+    }
+    .plan(&s, &ctx(NOW + 10))
+    .unwrap();
+    apply(&mut s, &cmd);
+    assert_eq!(keys(&hold.push(&[Committed { origin: cmd.origin, buckets: &cmd.writes }])), [device()]);
+    let next = v3(vec![bare(&device())]).plan(&s, &ctx(NOW + 20)).unwrap();
+    assert_eq!(keys(&next.reply.send), [device()]);
+}
