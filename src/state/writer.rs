@@ -58,7 +58,10 @@ pub(crate) fn spawn(mut conn: SqliteConnection, mut next_id: i64, capacity: usiz
                     Err(_) => break,
                 }
             }
-            match write_batch(&mut conn, &batch, next_id).await {
+            let started = std::time::Instant::now();
+            let written = write_batch(&mut conn, &batch, next_id).await;
+            crate::telemetry::database::WRITES.batch(batch.len(), started.elapsed(), written.is_ok());
+            match written {
                 Ok(()) => {
                     for commit in batch.drain(..) {
                         let id = commit.journal.is_some().then(|| {

@@ -1,4 +1,10 @@
-//! Logging setup.
+//! Logs and metrics: the `tracing` subscriber, and the series `/metrics` exposes in
+//! Prometheus' text format.
+
+pub mod database;
+pub mod exposition;
+pub mod process;
+pub mod series;
 
 use tracing_subscriber::EnvFilter;
 
