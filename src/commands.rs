@@ -40,6 +40,7 @@ impl Executed {
 
 pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Value) -> Result<Executed, ExecError> {
     let serial = serial::sanitize(raw_serial).ok_or(ExecError::NoSerial)?;
+    crate::telemetry::record_serial(&serial);
     if !state.store.exists(&serial) || !state.is_known_device(&serial) {
         return Err(ExecError::NotFound);
     }

@@ -21,7 +21,7 @@ use crate::state::devices::DeviceLimit;
 use crate::state::firmware::Firmware;
 use crate::state::keys::ApiKeys;
 use crate::state::pairing::Pairing;
-use crate::{AppState, Config, conn, control_api, device_api, hub, state, tls};
+use crate::{AppState, Config, conn, control_api, device_api, hub, state, telemetry, tls};
 
 /// Seconds in-flight requests get to finish after a stop signal (below Docker's 10 s grace).
 const SHUTDOWN_GRACE_SECS: u64 = 5;
@@ -64,6 +64,7 @@ impl Application {
     /// Opens the database and binds both ports (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         tls::install_crypto_provider();
+        telemetry::process::mark_start();
         for warning in config.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))? {
             tracing::warn!("{warning}");
         }
@@ -133,6 +134,8 @@ impl Application {
             move || {
                 App::new()
                     .app_data(device_state.clone())
+                    // Inside the legacy rewrite, so requests are labelled with the route they reach.
+                    .wrap(telemetry::requests::Requests::new("device"))
                     .wrap_fn(|mut req, srv| {
                         device_api::rewrite_legacy_path(&mut req);
                         srv.call(req)
@@ -170,6 +173,8 @@ impl Application {
                     .app_data(setup.clone())
                     .wrap(actix_web::middleware::from_fn(control_api::access::authorize))
                     .wrap_fn(move |req, srv| auth::guard(&access, req, srv))
+                    // Outermost: refusals are counted and logged in the request's span too.
+                    .wrap(telemetry::requests::Requests::new("control"))
                     .configure(control_api::routes)
                     .default_service(web::to(not_found))
             },

@@ -73,6 +73,7 @@ pub async fn unregister_device(req: HttpRequest, state: web::Data<AppState>) -> 
         return Err(fail("Invalid device serial format"));
     }
     let Some(serial) = serial::sanitize(raw) else { return Err(fail("Invalid device serial format")) };
+    crate::telemetry::record_serial(&serial);
     let user = user_param(&req);
     if !state.pairing.unregister(&serial, &user).await? {
         return Ok(HttpResponse::Ok().json(json!({"success": false, "message": format!("Device {serial} not found")})));

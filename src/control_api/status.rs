@@ -201,7 +201,10 @@ pub fn parse_serial(raw: Option<&str>) -> Result<String, ApiError> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| ApiError::bad_request("Serial parameter required"))?;
-    serial::sanitize(raw).ok_or_else(|| ApiError::bad_request(format!("'{raw}' is not a valid thermostat serial")))
+    let serial = serial::sanitize(raw)
+        .ok_or_else(|| ApiError::bad_request(format!("'{raw}' is not a valid thermostat serial")))?;
+    crate::telemetry::record_serial(&serial);
+    Ok(serial)
 }
 
 /// Known devices: with pairing required, the paired ones; otherwise every device with state.

@@ -76,6 +76,7 @@ pub(crate) fn identify(req: &HttpRequest, session: Option<&str>) -> Option<Calle
         session,
     };
     let serial = identity.serial()?;
+    crate::telemetry::record_serial(&serial);
     Some(Caller { serial, password: basic.map(|(_, p)| p) })
 }
 

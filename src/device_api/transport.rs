@@ -59,7 +59,10 @@ pub(super) fn weave_id(req: &HttpRequest) -> Option<Value> {
 /// suffixes removed), else the caller's.
 pub(super) fn listing_caller(req: &HttpRequest) -> Result<Caller, ApiError> {
     match key::listing_serial(req.path()) {
-        Some(serial) => Ok(Caller { serial, password: None }),
+        Some(serial) => {
+            crate::telemetry::record_serial(&serial);
+            Ok(Caller { serial, password: None })
+        }
         None => identify(req, None).ok_or_else(|| ApiError::bad_request("Serial required")),
     }
 }

@@ -60,6 +60,7 @@ fn resource(path: &str) -> actix_web::Resource {
 fn device(req: &HttpRequest, state: &AppState) -> Result<String, ApiError> {
     let raw = req.match_info().get("id").unwrap_or_default();
     let serial = serial::sanitize(raw).ok_or_else(|| ApiError::not_found("Device not found"))?;
+    crate::telemetry::record_serial(&serial);
     access::grant(req).check_device(&serial)?;
     if !known_serials(state).contains(&serial) {
         return Err(ApiError::not_found("Device not found"));
