@@ -203,6 +203,16 @@ impl EventStreams {
         self.open.load(Ordering::SeqCst)
     }
 
+    /// What `/metrics` reports: open streams, the limit, events sent and clients cut off.
+    pub fn totals(&self) -> StreamTotals {
+        StreamTotals {
+            open: self.open_count(),
+            max_clients: self.max_clients,
+            sent: self.sent.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn stats(&self) -> Value {
         let streams: Vec<Value> = self
             .clients
@@ -235,6 +245,13 @@ impl EventStreams {
             "streams": streams,
         })
     }
+}
+
+pub struct StreamTotals {
+    pub open: usize,
+    pub max_clients: usize,
+    pub sent: u64,
+    pub dropped: u64,
 }
 
 /// Unregisters a stream when its response is dropped (client gone, shutdown, or cut off).

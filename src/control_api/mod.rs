@@ -8,6 +8,7 @@ pub mod events;
 mod history;
 pub mod hosts;
 mod keys;
+mod metrics;
 mod rate_limit;
 mod registration;
 mod runtime;
@@ -51,6 +52,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/scan-network", web::post().to(setup::scan_network))
         .route("/api/configure-nest", web::post().to(setup::configure_nest))
         .service(get("/ui/admin.js", ui::admin_js))
+        .service(get("/metrics", metrics::metrics))
         .configure(v1::routes);
 }
 

@@ -167,6 +167,8 @@ pub struct Status {
     pub rejected: u64,
     pub connects: u64,
     pub last_error: Option<String>,
+    /// Messages waiting for the broker (the latest per topic).
+    pub queued: usize,
 }
 
 impl Status {
@@ -450,6 +452,8 @@ struct Publisher {
     oversized: HashSet<String>,
     connected: bool,
     link_up: Arc<AtomicBool>,
+    /// The queue length last written to the shared status.
+    reported_queue: usize,
 }
 
 impl Publisher {
@@ -464,6 +468,7 @@ impl Publisher {
             oversized: HashSet::new(),
             connected: false,
             link_up,
+            reported_queue: 0,
         }
     }
 
@@ -641,9 +646,19 @@ impl Publisher {
     }
 
     fn flush(&mut self, client: &AsyncClient) {
-        if !self.connected || !self.link_up.load(Ordering::SeqCst) {
-            return;
+        let sent = if self.connected && self.link_up.load(Ordering::SeqCst) { self.send_pending(client) } else { 0 };
+        let queued = self.pending.len();
+        if sent > 0 || queued != self.reported_queue {
+            self.reported_queue = queued;
+            update(&self.state.mqtt, |s| {
+                s.published += sent;
+                s.queued = queued;
+            });
         }
+    }
+
+    /// Hands waiting messages to the client until its queue is full; returns how many.
+    fn send_pending(&mut self, client: &AsyncClient) -> u64 {
         let mut sent = 0;
         while let Some((topic, (payload, qos))) = self.pending.shift_remove_index(0) {
             match client.try_publish(topic.clone(), qos, true, payload.clone().into_bytes()) {
@@ -658,9 +673,7 @@ impl Publisher {
                 }
             }
         }
-        if sent > 0 {
-            update(&self.state.mqtt, |s| s.published += sent);
-        }
+        sent
     }
 }
 
