@@ -255,7 +255,10 @@ impl Config {
             if !crate::mqtt::is_broker_address(host) {
                 return Err(ConfigError {
                     name: "MQTT_HOST",
-                    message: format!("'{host}' is not a broker address (host, host:port or mqtt[s]://host[:port])"),
+                    message: format!(
+                        "'{}' is not a broker address (host, host:port or mqtt[s]://host[:port])",
+                        crate::mqtt::without_credentials(host)
+                    ),
                 });
             }
         }

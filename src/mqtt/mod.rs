@@ -55,7 +55,7 @@ impl Settings {
     pub fn from_config(c: &Config) -> Option<Self> {
         let text = c.mqtt_host.as_deref().filter(|h| !h.trim().is_empty())?;
         let Some(broker) = Broker::parse(text) else {
-            tracing::error!(MQTT_HOST = %text, "MQTT_HOST is not a broker address (host, host:port or mqtt[s]://host[:port]); MQTT is off");
+            tracing::error!(MQTT_HOST = %without_credentials(text), "MQTT_HOST is not a broker address (host, host:port or mqtt[s]://host[:port]); MQTT is off");
             return None;
         };
         // `MQTT_PORT` defaults to 1883; with `mqtts://` and no port anywhere, TLS's 8883 is meant.
@@ -115,6 +115,16 @@ struct Broker {
     port: Option<u16>,
     tls: bool,
     credentials: (Option<String>, Option<String>),
+}
+
+/// A broker address as it may be logged: a `user:password@` in it becomes `***@`.
+pub fn without_credentials(text: &str) -> String {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let end = text[start..].find('/').map_or(text.len(), |i| start + i);
+    match text[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_string(),
+    }
 }
 
 /// Whether `text` is a broker address roost can connect to (checked at start-up).
@@ -706,6 +716,13 @@ mod tests {
         for bad in ["", "mqtt://", "broker:port", "broker:0", "broker:70000", "[::1"] {
             assert_eq!(Broker::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn logged_broker_addresses_leave_credentials_out() {
+        assert_eq!(without_credentials("mqtt://ha:s3cret@broker:x/y@z"), "mqtt://***@broker:x/y@z");
+        assert_eq!(without_credentials("ha:s3cret@broker:99999"), "***@broker:99999");
+        assert_eq!(without_credentials("mqtt://broker:x"), "mqtt://broker:x");
     }
 
     #[test]

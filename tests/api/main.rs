@@ -10,6 +10,7 @@ mod events;
 mod exhaustion;
 mod helpers;
 mod history;
+mod logs;
 mod metrics;
 mod mqtt;
 mod mqtt_support;
