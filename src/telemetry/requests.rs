@@ -4,10 +4,10 @@
 //!
 //! The route is the pattern the path matches (`/nest/transport/{version}/put`), never the
 //! path itself: label values stay a fixed set whatever clients send, and no query string
-//! (where `?token=` keys travel) reaches a log line. Each worker thread keeps its own map from
-//! pattern and status to the shared series, so a request takes no lock and allocates only the
-//! pattern string actix hands back; the shared registry is locked the first time a worker sees
-//! a series, and when `/metrics` is scraped.
+//! (where `?token=` keys travel) reaches a log line. Each worker thread keeps its own maps from
+//! path to pattern and from pattern and status to the shared series, so a request takes no lock
+//! and, on a path seen before, finds its route without matching or allocating; the shared
+//! registry is locked the first time a worker sees a series, and when `/metrics` is scraped.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -110,21 +110,45 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// Paths a worker remembers the route of (forgotten all at once when full, so paths made up by
+/// a client cannot grow it and the ones in use come back at once), and the longest remembered.
+const PATHS_REMEMBERED: usize = 256;
+const REMEMBERED_PATH_BYTES: usize = 256;
+
 /// A worker's own view of the registry.
 #[derive(Default)]
 struct WorkerCache {
+    /// The route each recently seen path matches: a thermostat's requests use a handful of
+    /// paths, and matching one again runs the route table's regular expressions.
+    paths: HashMap<Box<str>, &'static str>,
     routes: HashMap<Box<str>, &'static str>,
     series: HashMap<Key, &'static Series>,
 }
 
 impl WorkerCache {
-    fn route(&mut self, pattern: Option<String>) -> &'static str {
-        let Some(pattern) = pattern else { return UNMATCHED };
-        if let Some(route) = self.routes.get(pattern.as_str()) {
+    /// The route pattern of a request, matched against the route table before routing (the
+    /// request must not be cloned across the call: actix records the routing in it).
+    fn route(&mut self, req: &ServiceRequest) -> &'static str {
+        if let Some(route) = self.paths.get(req.path()) {
             return route;
         }
-        let route = REGISTRY.intern(&pattern);
-        self.routes.insert(pattern.into_boxed_str(), route);
+        let route = match req.match_pattern() {
+            None => UNMATCHED,
+            Some(pattern) => match self.routes.get(pattern.as_str()) {
+                Some(route) => route,
+                None => {
+                    let route = REGISTRY.intern(&pattern);
+                    self.routes.insert(pattern.into_boxed_str(), route);
+                    route
+                }
+            },
+        };
+        if req.path().len() <= REMEMBERED_PATH_BYTES {
+            if self.paths.len() >= PATHS_REMEMBERED {
+                self.paths.clear();
+            }
+            self.paths.insert(req.path().into(), route);
+        }
         route
     }
 
@@ -178,9 +202,7 @@ where
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let started = Instant::now();
         let method = method_label(req.method());
-        // Matched against the route table before routing (the request must not be cloned
-        // across the call: actix records the routing in it).
-        let route = self.local.borrow_mut().route(req.match_pattern());
+        let route = self.local.borrow_mut().route(&req);
         let span = tracing::info_span!("request", port = self.port, method, route, serial = tracing::field::Empty);
         let inner = span.in_scope(|| self.service.call(req));
         Timed { inner: inner.instrument(span), started, port: self.port, method, route, local: self.local.clone() }
