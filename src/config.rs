@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, env = "SQLITE3_DB_PATH", value_name = "SQLITE3_DB_PATH", default_value = "./data/database.sqlite")]
     pub sqlite3_db_path: PathBuf,
 
+    /// `postgres://user:password@host:port/database`: store everything in PostgreSQL instead of
+    /// SQLite (several roost nodes may share it). Unset: SQLite at `SQLITE3_DB_PATH`.
+    #[arg(long, env = "DATABASE_URL", value_name = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
     #[arg(long, env = "DEBUG_LOGGING", value_name = "DEBUG_LOGGING", default_value = "false",
           value_parser = parse_bool, action = clap::ArgAction::Set)]
     pub debug_logging: bool,
@@ -272,6 +277,14 @@ impl Config {
                 });
             }
         }
+        if let Some(url) = self.postgres_url() {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError {
+                    name: "DATABASE_URL",
+                    message: "must be a postgres:// or postgresql:// URL (SQLite is set with SQLITE3_DB_PATH)".into(),
+                });
+            }
+        }
         self.trusted_networks()?;
         within("PENDING_SETPOINT_EXPIRY_SECONDS", self.pending_setpoint_expiry_seconds, 30.0 * 86_400.0, "seconds")?;
         within("PENDING_OTHER_EXPIRY_SECONDS", self.pending_other_expiry_seconds, 30.0 * 86_400.0, "seconds")?;
@@ -282,6 +295,11 @@ impl Config {
             ));
         }
         Ok(warnings)
+    }
+
+    /// `DATABASE_URL` when it selects PostgreSQL (a blank value leaves SQLite in use).
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.database_url.as_deref().map(str::trim).filter(|u| !u.is_empty())
     }
 
     /// How long commands that never reached their thermostat stay pending.

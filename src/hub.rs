@@ -147,6 +147,15 @@ impl Hub {
         }
     }
 
+    /// Publishes a change all of whose predecessors were published already (the PostgreSQL
+    /// follower reads them in id order), so ids missing from the journal are not waited for.
+    pub fn publish_next(&self, change: Arc<Change>) {
+        if let Ok(mut order) = self.order.lock() {
+            order.next = order.next.max(change.id);
+        }
+        self.publish(change);
+    }
+
     /// A device's own writes are not pushed back to it; a held subscribe whose queue is full is
     /// ended so it resubscribes and catches up by timestamps.
     fn deliver(&self, change: Arc<Change>) {

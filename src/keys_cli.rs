@@ -38,8 +38,8 @@ enum KeysCommand {
 }
 
 pub async fn run(config: &Config, args: KeysArgs) -> anyhow::Result<()> {
-    let (pool, _writer) = crate::state::db::open(&config.sqlite3_db_path).await?;
-    let keys = ApiKeys::new(pool.clone());
+    let opened = crate::state::db::open_configured(config).await?;
+    let keys = ApiKeys::new(opened.db());
     let result = match args.command {
         KeysCommand::Create { scopes, devices, expires, name } => {
             let new = NewKey::parse(&name, &scopes, devices.as_deref(), expires.as_deref())
@@ -49,7 +49,7 @@ pub async fn run(config: &Config, args: KeysArgs) -> anyhow::Result<()> {
             eprintln!(
                 "Key {} created in {} ({}). It is shown only this once: store it now.",
                 record.id,
-                config.sqlite3_db_path.display(),
+                crate::state::db::describe(config),
                 describe(&record)
             );
             Ok(())
@@ -71,7 +71,7 @@ pub async fn run(config: &Config, args: KeysArgs) -> anyhow::Result<()> {
             None => Err(anyhow::anyhow!("no API key with id {id} (see roost keys list)")),
         },
     };
-    pool.close().await;
+    opened.db().close().await;
     result
 }
 

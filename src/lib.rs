@@ -3,6 +3,7 @@
 //! port 0.
 
 pub mod body;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod conn;
@@ -38,9 +39,13 @@ use state::pairing::Pairing;
 impl AppState {
     /// Records contact from a thermostat; a known device coming online is an availability event.
     pub async fn seen(&self, serial: &str, password: Option<&str>) {
-        if self.availability.touch(serial, password) && self.is_known_device(serial) {
-            tracing::info!(%serial, "thermostat online");
-            self.record_availability(serial, true).await;
+        match self.availability.touch(serial, password).await {
+            Ok(true) if self.is_known_device(serial) => {
+                tracing::info!(%serial, "thermostat online");
+                self.record_availability(serial, true).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%serial, error = %e, "could not record that a thermostat was seen"),
         }
     }
 
@@ -114,6 +119,9 @@ pub struct AppState {
     pub mqtt: mqtt::SharedStatus,
     /// Software versions the thermostats reported, and the v3 profile each selects.
     pub firmware: Arc<state::firmware::Firmware>,
+    /// Whether this node runs what happens once per change, not once per node (MQTT, history,
+    /// marking thermostats offline): always with SQLite; with PostgreSQL, the elected node.
+    pub leading: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Whether every bucket a serial holds is pending pairing state (the confirm-pairing dialog

@@ -42,6 +42,10 @@ pub struct Application {
     control_server: Server,
     state: web::Data<AppState>,
     tls: bool,
+    /// Gives up the leadership (PostgreSQL) once the leader's work has stopped.
+    release: CancellationToken,
+    /// With SQLite this node always leads.
+    _sole_leader: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Stops a running application from elsewhere (signals, tests).
@@ -72,36 +76,53 @@ impl Application {
             Some(dir) => Some(tls::server_config(dir)?),
             None => None,
         };
-        let (pool, writer) = state::db::open(&config.sqlite3_db_path).await?;
+        let opened = state::db::open_configured(&config).await?;
+        let db = opened.db();
         let hub = hub::Hub::new(config.max_subscriptions_per_device as usize);
         let settings = state::Settings {
             bounds: crate::state::bounds::Bounds::from_limits(&config.limits),
             expiry: config.expiry(),
         };
-        let store = Arc::new(Store::load(pool.clone(), writer, hub, settings).await?);
-        let presets = Arc::new(crate::state::presets::Presets::load(pool.clone()).await?);
-        let pairing = Arc::new(Pairing::load(pool.clone()).await?);
-        let keys = Arc::new(ApiKeys::new(pool.clone()));
-        let firmware = Arc::new(Firmware::load(pool, config.v3_dialect, config.v3_dialect_overrides.clone()).await?);
-        let devices = DeviceLimit::new(config.limits.max_devices as usize, counted_devices(&config, &store, &pairing));
+        let store = Arc::new(Store::load(opened, hub, settings).await?);
+        let cluster = store.cluster().cloned();
+        let presets = Arc::new(crate::state::presets::Presets::load(db.clone()).await?);
+        let pairing = Arc::new(Pairing::load(db.clone()).await?);
+        let keys = Arc::new(ApiKeys::new(db.clone()));
+        let firmware = Arc::new(Firmware::load(db, config.v3_dialect, config.v3_dialect_overrides.clone()).await?);
+        let counted = match &cluster {
+            Some(cluster) => cluster.counted_devices().await?,
+            None => counted_devices(&config, &store, &pairing),
+        };
+        let devices = DeviceLimit::new(config.limits.max_devices as usize, counted, cluster.clone());
         let shutdown = CancellationToken::new();
+        let release = CancellationToken::new();
+        let (leading, sole_leader) = match &cluster {
+            Some(cluster) => (state::pg::leader::spawn(cluster.clone(), release.clone()), None),
+            None => {
+                let (tx, rx) = tokio::sync::watch::channel(true);
+                (rx, Some(tx))
+            }
+        };
         let events = EventStreams::new(config.sse_max_clients);
         events.spawn_fan_out(store.hub().feed(), shutdown.clone());
-        crate::history::spawn(store.clone(), config.history_days, shutdown.clone());
         state::expiry::spawn(store.clone(), shutdown.clone());
+        let availability_timeout_ms = (config.availability_timeout_seconds * 1000.0) as i64;
         let state = web::Data::new(AppState {
             config: Arc::new(config.clone()),
             store,
             pairing,
             presets,
-            availability: Arc::new(Availability::new((config.availability_timeout_seconds * 1000.0) as i64)),
+            availability: Arc::new(Availability::new(availability_timeout_ms, cluster.map(|c| c.pool.clone()))),
             devices,
             pairing_throttle: Throttle::new(PAIRING_BURST, PAIRING_EVERY),
             shutdown,
             events,
             mqtt: Default::default(),
             firmware,
+            leading,
         });
+        // Every node's changes reach this node's subscribes, streams and bridge through here.
+        state.store.follow(Some(crate::cluster::observer(state.clone())), state.shutdown.clone());
 
         let device_listener = TcpListener::bind((config.server_host, config.server_port))
             .with_context(|| format!("binding the device port {}:{}", config.server_host, config.server_port))?;
@@ -181,7 +202,16 @@ impl Application {
         )?;
         tracing::debug!(device = budget.device, control = budget.control, "connection limits");
 
-        Ok(Self { device_addr, control_addr, device_server: device, control_server: control, state, tls: is_tls })
+        Ok(Self {
+            device_addr,
+            control_addr,
+            device_server: device,
+            control_server: control,
+            state,
+            tls: is_tls,
+            release,
+            _sole_leader: sole_leader,
+        })
     }
 
     pub fn device_addr(&self) -> SocketAddr {
@@ -212,7 +242,17 @@ impl Application {
                     _ = tick.tick() => {}
                 }
                 let hub = state.store.hub().clone();
-                for serial in state.availability.sweep(|s| hub.held_count(s) > 0) {
+                let gone = if state.store.cluster().is_some() {
+                    let held = state.availability.held_serials(|s| hub.held_count(s) > 0);
+                    let leader = *state.leading.borrow();
+                    state.availability.sweep_shared(held, leader).await.unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "could not store which thermostats are online");
+                        Vec::new()
+                    })
+                } else {
+                    state.availability.sweep(|s| hub.held_count(s) > 0)
+                };
+                for serial in gone {
                     if state.is_known_device(&serial) {
                         tracing::info!(%serial, "thermostat offline");
                         state.record_availability(&serial, false).await;
@@ -262,8 +302,10 @@ impl Application {
         .map(|mut settings| {
             // `MQTT_MINIMAL_DISCOVERY` applies to a broker set up through the API as well.
             settings.naming.minimal |= self.state.config.mqtt_minimal_discovery;
-            crate::mqtt::spawn(self.state.clone(), settings)
+            settings
         });
+        // MQTT and the history recorder: on this node while it leads.
+        let leader_work = tokio::spawn(crate::cluster::lead(self.state.clone(), mqtt));
         let device_handle = self.device_server.handle();
         let control_handle = self.control_server.handle();
         let device = tokio::spawn(self.device_server);
@@ -278,9 +320,9 @@ impl Application {
         token.cancel();
         tracing::info!("shutting down");
         tokio::join!(device_handle.stop(true), control_handle.stop(true));
-        if let Some(mqtt) = mqtt {
-            let _ = tokio::time::timeout(Duration::from_secs(2), mqtt).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), leader_work).await;
+        // Another node takes over only once this one's bridge has said goodbye.
+        self.release.cancel();
         self.state.store.close().await;
         Ok(())
     }

@@ -73,7 +73,7 @@ pub(super) async fn remove_device(state: &AppState, serial: &str) -> Result<usiz
     let event = Event { kind: "pairing", detail: json!({"action": "deleted"}) };
     let deleted = state.store.commit(&serial, DeleteRequest { event, only_pending_pairing: false }).await?.reply;
     state.pairing.forget(&serial).await?;
-    state.devices.release(&serial);
+    state.devices.release(&serial).await?;
     state.availability.forget(&serial);
     state.firmware.forget(&serial).await?;
     state.store.hub().end_serial(&serial);

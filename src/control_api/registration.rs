@@ -10,7 +10,7 @@ use crate::device_api::query_param;
 use crate::domain::serial;
 use crate::domain::sync::{PairRequest, RecordRequest};
 use crate::error::ApiError;
-use crate::state::pairing::{ClaimError, DEFAULT_USER};
+use crate::state::pairing::DEFAULT_USER;
 use crate::state::{Event, Origin};
 
 fn fail(message: impl Into<String>) -> ApiError {
@@ -32,11 +32,7 @@ pub async fn register(payload: web::Payload, state: web::Data<AppState>) -> Resu
         return Err(fail("Invalid entry code format. Must be exactly 7 alphanumeric characters."));
     }
     // Pairing is where a thermostat takes its place under MAX_DEVICES when pairing is required.
-    let room = |serial: &str| match state.devices.claim(serial) {
-        true => Ok(()),
-        false => Err(ClaimError::NoRoom(state.devices.max())),
-    };
-    let serial = match state.pairing.claim(&code, user, room).await? {
+    let serial = match state.pairing.claim(&code, user, &state.devices).await? {
         Ok(serial) => serial,
         Err(e) => return Ok(HttpResponse::Ok().json(json!({"success": false, "message": e.to_string()}))),
     };
@@ -80,7 +76,7 @@ pub async fn unregister_device(req: HttpRequest, state: web::Data<AppState>) -> 
     }
     if state.config.require_device_pairing {
         // No longer paired: it no longer counts as a device.
-        state.devices.release(&serial);
+        state.devices.release(&serial).await?;
     }
     let event = Event { kind: "pairing", detail: json!({"action": "unpaired", "user": user}) };
     state.store.commit(&serial, RecordRequest { origin: Origin::Pairing, event }).await?;

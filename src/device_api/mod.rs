@@ -129,7 +129,7 @@ pub(crate) async fn admit(state: &AppState, caller: &Caller, route: Gated) -> Re
 /// mode this is where a new thermostat takes its place under `MAX_DEVICES`, before it gets any
 /// state or owner row; with pairing required it took its place when it was paired.
 pub(crate) async fn arrived(state: &AppState, caller: &Caller) -> Result<Option<String>, ApiError> {
-    if !state.config.require_device_pairing && !state.devices.claim(&caller.serial) {
+    if !state.config.require_device_pairing && !state.devices.claim(&caller.serial).await? {
         return Err(too_many_devices(state));
     }
     let owner = match state.pairing.owner(&caller.serial) {

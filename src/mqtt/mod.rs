@@ -8,7 +8,7 @@ mod commands;
 pub mod topics;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use indexmap::IndexMap;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use crate::domain::sync::delivery::Summary;
 use crate::domain::time::now_s;
@@ -204,11 +205,16 @@ enum Link {
     Down(String),
 }
 
-/// Starts the MQTT bridge; returns when it has stopped (at shutdown).
-pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::JoinHandle<()> {
+/// Starts the MQTT bridge; the task ends when it has stopped (at `stop`). The bridge is
+/// announced offline only when roost itself stops, not when another node takes it over.
+pub fn spawn(state: web::Data<AppState>, settings: Settings, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
     update(&state.mqtt, |s| s.enabled = true);
     tracing::info!(host = %settings.host, port = settings.port, tls = settings.tls, prefix = %settings.naming.prefix, "MQTT enabled");
-    let mut options = MqttOptions::new(format!("roost-{}", std::process::id()), settings.host.clone(), settings.port);
+    // Unique per bridge started: nodes sharing a broker, or a bridge started again after a
+    // takeover, must not disconnect one another.
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+    let client_id = format!("roost-{}-{}", std::process::id(), STARTED.fetch_add(1, Ordering::Relaxed));
+    let mut options = MqttOptions::new(client_id, settings.host.clone(), settings.port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(1024 * 1024, 1024 * 1024);
     options.set_last_will(LastWill::new(settings.naming.bridge_availability(), "offline", QoS::AtLeastOnce, true));
@@ -225,7 +231,7 @@ pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::Joi
     // more is handed to the client for a connection that is gone.
     let link_up = Arc::new(AtomicBool::new(false));
     let (command_tx, command_rx) = mpsc::channel::<(String, String)>(256);
-    let shutdown = state.shutdown.clone();
+    let shutdown = stop.clone();
 
     // The connection: rumqttc reconnects on the next poll after an error; the backoff is ours.
     let connection = tokio::spawn({
@@ -278,11 +284,13 @@ pub fn spawn(state: web::Data<AppState>, settings: Settings) -> tokio::task::Joi
 
     let feed = state.store.hub().feed();
     let (runtime_tx, mut runtime_rx) = mpsc::channel(256);
-    tokio::spawn(run_runtime(state.clone(), runtime_tx));
+    tokio::spawn(run_runtime(state.clone(), runtime_tx, stop.clone()));
     tokio::spawn(async move {
         let mut publisher = Publisher::new(settings.naming.clone(), state.clone(), link_up);
-        publisher.run(&client, feed, &mut link_rx, &mut runtime_rx).await;
-        let _ = client.try_publish(settings.naming.bridge_availability(), QoS::AtLeastOnce, true, "offline");
+        publisher.run(&client, feed, &mut link_rx, &mut runtime_rx, &stop).await;
+        if state.shutdown.is_cancelled() {
+            let _ = client.try_publish(settings.naming.bridge_availability(), QoS::AtLeastOnce, true, "offline");
+        }
         let _ = client.try_disconnect();
         let _ = connection.await;
     })
@@ -421,12 +429,12 @@ fn fan_running(state: &AppState, serial: &str) -> bool {
 
 /// Runtime per stage over the last 24 hours for every thermostat: every minute, and right after
 /// a change of a thermostat's shared bucket (where the HVAC stages are).
-async fn run_runtime(state: web::Data<AppState>, tx: mpsc::Sender<(String, Stages)>) {
+async fn run_runtime(state: web::Data<AppState>, tx: mpsc::Sender<(String, Stages)>, stop: CancellationToken) {
     let mut feed = state.store.hub().feed();
     let mut minute = tokio::time::interval(Duration::from_secs(60));
     loop {
         let serials = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
+            _ = stop.cancelled() => return,
             _ = minute.tick() => state.store.serials(),
             c = feed.recv() => match c {
                 Ok(change) if change.buckets.iter().any(|(k, _)| k.starts_with("shared.")) => vec![change.serial.clone()],
@@ -488,8 +496,8 @@ impl Publisher {
         mut feed: broadcast::Receiver<Arc<Change>>,
         link: &mut mpsc::Receiver<Link>,
         runtime: &mut mpsc::Receiver<(String, Stages)>,
+        shutdown: &CancellationToken,
     ) {
-        let shutdown = self.state.shutdown.clone();
         let mut retry = tokio::time::interval(Duration::from_millis(250));
         loop {
             tokio::select! {

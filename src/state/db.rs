@@ -1,14 +1,59 @@
-//! Opening the database: WAL, busy timeout, migrations, and adopting a reference database.
+//! Opening the database: PostgreSQL when `DATABASE_URL` is set, else SQLite (WAL, busy
+//! timeout, migrations, and adopting a reference database).
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection};
 
+use super::pg::Cluster;
+use super::sql::Db;
+use crate::Config;
+
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// An open database, ready for the store.
+pub enum Opened {
+    /// With the connection the single writer owns.
+    Sqlite {
+        pool: SqlitePool,
+        writer: SqliteConnection,
+    },
+    Postgres(Arc<Cluster>),
+}
+
+impl Opened {
+    pub fn db(&self) -> Db {
+        match self {
+            Opened::Sqlite { pool, .. } => Db::Sqlite(pool.clone()),
+            Opened::Postgres(cluster) => Db::Postgres(cluster.pool.clone()),
+        }
+    }
+}
+
+/// Opens the configured database: PostgreSQL for `DATABASE_URL`, else SQLite at `SQLITE3_DB_PATH`.
+pub async fn open_configured(config: &Config) -> anyhow::Result<Opened> {
+    match config.postgres_url() {
+        Some(url) => Ok(Opened::Postgres(Arc::new(Cluster::open(url).await?))),
+        None => {
+            let (pool, writer) = open(&config.sqlite3_db_path).await?;
+            Ok(Opened::Sqlite { pool, writer })
+        }
+    }
+}
+
+/// Where the configured database is, for messages (never the URL: it may hold a password).
+pub fn describe(config: &Config) -> String {
+    match config.postgres_url() {
+        Some(_) => "the PostgreSQL database of DATABASE_URL".to_string(),
+        None => config.sqlite3_db_path.display().to_string(),
+    }
+}
 
 pub fn connect_options(path: &Path) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
@@ -47,7 +92,7 @@ pub async fn open(path: &Path) -> anyhow::Result<(SqlitePool, SqliteConnection)>
         tracing::info!(backup = %backup.display(), "adopting a NoLongerEvil-SelfHosted database: pairings and buckets are kept");
     }
     MIGRATOR.run(&pool).await.context("applying database migrations")?;
-    purge_corrupted_keys(&pool).await?;
+    purge_corrupted_keys(&Db::Sqlite(pool.clone())).await?;
     let writer = SqliteConnection::connect_with(&options).await.context("opening the writer connection")?;
     Ok((pool, writer))
 }
@@ -55,12 +100,12 @@ pub async fn open(path: &Path) -> anyhow::Result<(SqlitePool, SqliteConnection)>
 /// Firmware 4.3.3 appends ` ._sync` or ` .$version` to its bucket keys (spec v3-firmware
 /// §6.1). Keys are canonicalised before they are stored, but a database written before that
 /// (or by the reference) may hold such copies: they are stale duplicates and are removed.
-async fn purge_corrupted_keys(pool: &SqlitePool) -> anyhow::Result<()> {
-    let purged = sqlx::query("DELETE FROM states WHERE instr(object_key, ' ') > 0")
+pub(super) async fn purge_corrupted_keys(db: &Db) -> anyhow::Result<()> {
+    let purged = super::sql::on_db!(db, pool => sqlx::query("DELETE FROM states WHERE object_key LIKE '% %'")
         .execute(pool)
         .await
-        .context("removing buckets stored under corrupted keys")?
-        .rows_affected();
+        .map(|r| r.rows_affected()))
+    .context("removing buckets stored under corrupted keys")?;
     if purged > 0 {
         tracing::warn!(purged, "removed stored buckets whose keys carry a firmware-corrupted suffix");
     }

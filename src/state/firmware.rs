@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 
-use sqlx::SqlitePool;
-
+use super::sql::{Db, on_db};
 use crate::domain::time::now_ms;
 use crate::domain::v3::Profile;
 use crate::domain::v3::profile::{self, Forced, Overrides, Reason, VersionSource};
@@ -30,8 +29,14 @@ struct Row {
     source: String,
 }
 
+impl Row {
+    fn into_reported(self) -> Option<(String, Reported)> {
+        Some((self.serial, Reported { version: self.software_version, source: self.source.parse().ok()? }))
+    }
+}
+
 pub struct Firmware {
-    pool: SqlitePool,
+    db: Db,
     forced: Forced,
     overrides: Overrides,
     reported: RwLock<HashMap<String, Reported>>,
@@ -40,14 +45,26 @@ pub struct Firmware {
 }
 
 impl Firmware {
-    pub async fn load(pool: SqlitePool, forced: Forced, overrides: Overrides) -> anyhow::Result<Self> {
-        let rows: Vec<Row> =
-            sqlx::query_as("SELECT serial, software_version, source FROM roost_firmware").fetch_all(&pool).await?;
-        let reported = rows
-            .into_iter()
-            .filter_map(|r| Some((r.serial, Reported { version: r.software_version, source: r.source.parse().ok()? })))
-            .collect();
-        Ok(Self { pool, forced, overrides, reported: RwLock::new(reported), logged: Mutex::new(HashMap::new()) })
+    pub async fn load(db: Db, forced: Forced, overrides: Overrides) -> anyhow::Result<Self> {
+        let rows: Vec<Row> = on_db!(&db, pool => sqlx::query_as("SELECT serial, software_version, source FROM roost_firmware")
+            .fetch_all(pool)
+            .await)?;
+        let reported = rows.into_iter().filter_map(Row::into_reported).collect();
+        Ok(Self { db, forced, overrides, reported: RwLock::new(reported), logged: Mutex::new(HashMap::new()) })
+    }
+
+    /// Reads the stored report of `serial` again (another node may have stored a newer one).
+    pub async fn reload(&self, serial: &str) -> Result<(), sqlx::Error> {
+        let row: Option<Row> = on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT serial, software_version, source FROM roost_firmware WHERE serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(pool)
+        .await)?;
+        if let (Some((serial, reported)), Ok(mut r)) = (row.and_then(Row::into_reported), self.reported.write()) {
+            r.insert(serial, reported);
+        }
+        Ok(())
     }
 
     /// The stored report of `serial`.
@@ -70,8 +87,8 @@ impl Firmware {
             None if self.reported.read().map_or(0, |r| r.len()) >= MAX_REPORTED => return Ok(()),
             None => {}
         }
-        sqlx::query(
-            "INSERT INTO roost_firmware (serial, software_version, source, updated_at) VALUES (?, ?, ?, ?) \
+        on_db!(&self.db, pool => sqlx::query(
+            "INSERT INTO roost_firmware (serial, software_version, source, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT(serial) DO UPDATE SET software_version = excluded.software_version, \
              source = excluded.source, updated_at = excluded.updated_at",
         )
@@ -79,8 +96,9 @@ impl Firmware {
         .bind(&new.version)
         .bind(source.as_str())
         .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         tracing::info!(%serial, software_version = %new.version, source = source.as_str(), "thermostat software version");
         if let Ok(mut r) = self.reported.write() {
             r.insert(serial.to_string(), new);
@@ -118,14 +136,19 @@ impl Firmware {
 
     /// Removes what is stored about a deleted device.
     pub async fn forget(&self, serial: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM roost_firmware WHERE serial = ?").bind(serial).execute(&self.pool).await?;
+        on_db!(&self.db, pool => sqlx::query("DELETE FROM roost_firmware WHERE serial = $1").bind(serial).execute(pool).await.map(|r| r.rows_affected()))?;
+        self.forget_cached(serial);
+        Ok(())
+    }
+
+    /// Drops what this process remembers of a deleted device.
+    pub fn forget_cached(&self, serial: &str) {
         if let Ok(mut r) = self.reported.write() {
             r.remove(serial);
         }
         if let Ok(mut l) = self.logged.lock() {
             l.remove(serial);
         }
-        Ok(())
     }
 }
 
@@ -133,10 +156,10 @@ impl Firmware {
 mod tests {
     use super::*;
 
-    async fn open() -> (tempfile::TempDir, SqlitePool) {
+    async fn open() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
         let (pool, _) = crate::state::db::open(&dir.path().join("t.sqlite")).await.unwrap();
-        (dir, pool)
+        (dir, Db::Sqlite(pool))
     }
 
     #[tokio::test]

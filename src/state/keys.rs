@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
-use sqlx::SqlitePool;
 
+use super::sql::{Db, on_db};
 use crate::domain::access::{self, Perms};
 use crate::domain::serial;
 use crate::domain::time::{iso8601, now_ms, parse_rfc3339};
@@ -161,14 +161,14 @@ impl NewKey {
 }
 
 pub struct ApiKeys {
-    pool: SqlitePool,
+    db: Db,
     /// When each key's `last_used_at` was last written by this process.
     touched: Mutex<HashMap<i64, i64>>,
 }
 
 impl ApiKeys {
-    pub fn new(pool: SqlitePool) -> Self {
-        Self { pool, touched: Mutex::new(HashMap::new()) }
+    pub fn new(db: Db) -> Self {
+        Self { db, touched: Mutex::new(HashMap::new()) }
     }
 
     /// Stores a new key and returns it (the only time the full key exists outside the client).
@@ -177,9 +177,9 @@ impl ApiKeys {
         getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
         let key = access::format_key(&random);
         let devices = new.devices.as_ref().map(serde_json::to_string).transpose()?;
-        let row: KeyRow = sqlx::query_as(concat!(
+        let row: KeyRow = on_db!(&self.db, pool => sqlx::query_as(concat!(
             "INSERT INTO roost_api_keys (key_hash, preview, name, scopes, devices, created_at, expires_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING ",
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING ",
             columns!()
         ))
         .bind(access::key_hash(&key))
@@ -189,38 +189,41 @@ impl ApiKeys {
         .bind(devices)
         .bind(now_ms())
         .bind(new.expires_at)
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(pool)
+        .await)?;
         Ok((key, row.into_record()))
     }
 
     /// The stored key matching a presented one, whatever its status.
     pub async fn find(&self, key: &str) -> Result<Option<KeyRecord>, sqlx::Error> {
-        let row: Option<KeyRow> =
-            sqlx::query_as(concat!("SELECT ", columns!(), " FROM roost_api_keys WHERE key_hash = ?"))
-                .bind(access::key_hash(key))
-                .fetch_optional(&self.pool)
-                .await?;
+        let row: Option<KeyRow> = on_db!(&self.db, pool => sqlx::query_as(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM roost_api_keys WHERE key_hash = $1"
+        ))
+        .bind(access::key_hash(key))
+        .fetch_optional(pool)
+        .await)?;
         Ok(row.map(KeyRow::into_record))
     }
 
     pub async fn list(&self) -> Result<Vec<KeyRecord>, sqlx::Error> {
-        let rows: Vec<KeyRow> = sqlx::query_as(concat!("SELECT ", columns!(), " FROM roost_api_keys ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await?;
+        let rows: Vec<KeyRow> = on_db!(&self.db, pool => sqlx::query_as(concat!("SELECT ", columns!(), " FROM roost_api_keys ORDER BY id"))
+                .fetch_all(pool)
+                .await)?;
         Ok(rows.into_iter().map(KeyRow::into_record).collect())
     }
 
     /// Revokes a key; `None` when there is no such key. Revoking twice keeps the first time.
     pub async fn revoke(&self, id: i64) -> Result<Option<KeyRecord>, sqlx::Error> {
-        let row: Option<KeyRow> = sqlx::query_as(concat!(
-            "UPDATE roost_api_keys SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? RETURNING ",
+        let row: Option<KeyRow> = on_db!(&self.db, pool => sqlx::query_as(concat!(
+            "UPDATE roost_api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2 RETURNING ",
             columns!()
         ))
         .bind(now_ms())
         .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(row.map(KeyRow::into_record))
     }
 
@@ -235,11 +238,12 @@ impl ApiKeys {
     }
 
     pub async fn touch(&self, id: i64, now: i64) {
-        let result = sqlx::query("UPDATE roost_api_keys SET last_used_at = ? WHERE id = ?")
+        let result = on_db!(&self.db, pool => sqlx::query("UPDATE roost_api_keys SET last_used_at = $1 WHERE id = $2")
             .bind(now)
             .bind(id)
-            .execute(&self.pool)
-            .await;
+            .execute(pool)
+            .await
+            .map(|_| ()));
         if let Err(e) = result {
             tracing::debug!(key_id = id, error = %e, "could not record a key's last use");
         }

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use sqlx::SqlitePool;
-
+use super::devices::DeviceLimit;
+use super::sql::{Db, on_db};
 pub use crate::domain::sync::structure_id;
 use crate::domain::time::now_ms;
 
@@ -62,21 +62,25 @@ pub enum IssueError {
 }
 
 pub struct Pairing {
-    pool: SqlitePool,
+    db: Db,
     owners: RwLock<HashMap<String, String>>,
 }
 
 impl Pairing {
-    pub async fn load(pool: SqlitePool) -> anyhow::Result<Self> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT serial, \"userId\" FROM \"deviceOwners\"").fetch_all(&pool).await?;
-        sqlx::query("INSERT OR IGNORE INTO users (\"clerkId\", email, \"createdAt\") VALUES (?, ?, ?)")
+    pub async fn load(db: Db) -> anyhow::Result<Self> {
+        let rows: Vec<(String, String)> = on_db!(&db, pool => {
+            let rows = sqlx::query_as("SELECT serial, \"userId\" FROM \"deviceOwners\"").fetch_all(pool).await?;
+            sqlx::query(
+                "INSERT INTO users (\"clerkId\", email, \"createdAt\") VALUES ($1, $2, $3) ON CONFLICT (\"clerkId\") DO NOTHING",
+            )
             .bind(DEFAULT_USER)
             .bind(format!("{DEFAULT_USER}@local"))
             .bind(now_ms())
-            .execute(&pool)
+            .execute(pool)
             .await?;
-        Ok(Self { pool, owners: RwLock::new(rows.into_iter().collect()) })
+            rows
+        });
+        Ok(Self { db, owners: RwLock::new(rows.into_iter().collect()) })
     }
 
     pub fn owner(&self, serial: &str) -> Option<String> {
@@ -89,24 +93,53 @@ impl Pairing {
         v
     }
 
+    fn remember(&self, serial: &str, owner: Option<String>) {
+        if let Ok(mut o) = self.owners.write() {
+            match owner {
+                Some(owner) => o.insert(serial.to_string(), owner),
+                None => o.remove(serial),
+            };
+        }
+    }
+
+    /// The stored owner of `serial`, read again and remembered (another node may have paired,
+    /// adopted or removed it).
+    pub async fn reload_owner(&self, serial: &str) -> Result<Option<String>, sqlx::Error> {
+        let owner: Option<String> = on_db!(&self.db, pool => sqlx::query_scalar(
+            "SELECT \"userId\" FROM \"deviceOwners\" WHERE serial = $1",
+        )
+        .bind(serial)
+        .fetch_optional(pool)
+        .await)?;
+        self.remember(serial, owner.clone());
+        Ok(owner)
+    }
+
+    /// Drops what this process remembers of a deleted device's owner.
+    pub fn forget_cached(&self, serial: &str) {
+        self.remember(serial, None);
+    }
+
     /// Records `user` as the owner unless the device already has one. Returns the owner.
     pub async fn set_owner_if_absent(&self, serial: &str, user: &str) -> Result<String, sqlx::Error> {
         if let Some(owner) = self.owner(serial) {
             return Ok(owner);
         }
-        sqlx::query("INSERT OR IGNORE INTO \"deviceOwners\" (serial, \"userId\", \"createdAt\") VALUES (?, ?, ?)")
+        let owner: String = on_db!(&self.db, pool => {
+            sqlx::query(
+                "INSERT INTO \"deviceOwners\" (serial, \"userId\", \"createdAt\") VALUES ($1, $2, $3) ON CONFLICT (serial) DO NOTHING",
+            )
             .bind(serial)
             .bind(user)
             .bind(now_ms())
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
-        let owner: String = sqlx::query_scalar("SELECT \"userId\" FROM \"deviceOwners\" WHERE serial = ?")
-            .bind(serial)
-            .fetch_one(&self.pool)
-            .await?;
-        if let Ok(mut o) = self.owners.write() {
-            o.insert(serial.to_string(), owner.clone());
-        }
+            sqlx::query_scalar("SELECT \"userId\" FROM \"deviceOwners\" WHERE serial = $1")
+                .bind(serial)
+                .fetch_one(pool)
+                .await?
+        });
+        self.remember(serial, Some(owner.clone()));
         Ok(owner)
     }
 
@@ -114,24 +147,28 @@ impl Pairing {
         if self.owner(serial).is_some() {
             return Ok(Tier::Paired);
         }
-        let active: Option<String> = sqlx::query_scalar(
-            "SELECT code FROM \"entryKeys\" WHERE serial = ? AND \"claimedBy\" IS NULL AND \"expiresAt\" > ? LIMIT 1",
+        // Shared with other nodes, the owner may have been stored by one of them.
+        if self.db.is_postgres() && self.reload_owner(serial).await?.is_some() {
+            return Ok(Tier::Paired);
+        }
+        let active: Option<String> = on_db!(&self.db, pool => sqlx::query_scalar(
+            "SELECT code FROM \"entryKeys\" WHERE serial = $1 AND \"claimedBy\" IS NULL AND \"expiresAt\" > $2 LIMIT 1",
         )
         .bind(serial)
         .bind(now_ms())
-        .fetch_optional(&self.pool)
-        .await?;
+        .fetch_optional(pool)
+        .await)?;
         Ok(if active.is_some() { Tier::Pending } else { Tier::Unknown })
     }
 
     pub async fn latest_key(&self, serial: &str) -> Result<Option<EntryKey>, sqlx::Error> {
-        sqlx::query_as(
+        let sql = self.db.pick(
             "SELECT code, serial, \"createdAt\", \"expiresAt\", \"claimedBy\", \"claimedAt\" FROM \"entryKeys\"
-             WHERE serial = ? ORDER BY \"createdAt\" DESC, rowid DESC LIMIT 1",
-        )
-        .bind(serial)
-        .fetch_optional(&self.pool)
-        .await
+             WHERE serial = $1 ORDER BY \"createdAt\" DESC, rowid DESC LIMIT 1",
+            "SELECT code, serial, \"createdAt\", \"expiresAt\", \"claimedBy\", \"claimedAt\" FROM \"entryKeys\"
+             WHERE serial = $1 ORDER BY \"createdAt\" DESC, seq DESC LIMIT 1",
+        );
+        on_db!(&self.db, pool => sqlx::query_as(sql).bind(serial).fetch_optional(pool).await)
     }
 
     /// The current code of a serial while it stays valid for at least 30 more minutes (the
@@ -151,38 +188,44 @@ impl Pairing {
     pub async fn issue_key(&self, serial: &str, ttl_ms: i64) -> Result<Issued, IssueError> {
         let now = now_ms();
         let expires_at = now + ttl_ms.max(MIN_CODE_VALIDITY_MS);
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM \"entryKeys\" WHERE serial = ? AND \"claimedBy\" IS NULL")
-            .bind(serial)
-            .execute(&mut *tx)
-            .await?;
-        let evicted: Vec<String> = sqlx::query_scalar(
+        let evict = self.db.pick(
             "DELETE FROM \"entryKeys\" WHERE code IN (SELECT code FROM \"entryKeys\" WHERE \"claimedBy\" IS NULL
-             ORDER BY \"createdAt\" DESC, rowid DESC LIMIT -1 OFFSET ?) RETURNING serial",
-        )
-        .bind(MAX_PENDING_CODES - 1)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut attempt = 0;
-        let code = loop {
-            let code = new_code().ok_or(IssueError::NoRandomness)?;
-            let taken: Option<String> = sqlx::query_scalar("SELECT code FROM \"entryKeys\" WHERE code = ?")
-                .bind(&code)
-                .fetch_optional(&mut *tx)
+             ORDER BY \"createdAt\" DESC, rowid DESC LIMIT -1 OFFSET $1) RETURNING serial",
+            "DELETE FROM \"entryKeys\" WHERE code IN (SELECT code FROM \"entryKeys\" WHERE \"claimedBy\" IS NULL
+             ORDER BY \"createdAt\" DESC, seq DESC OFFSET $1) RETURNING serial",
+        );
+        let (code, evicted) = on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM \"entryKeys\" WHERE serial = $1 AND \"claimedBy\" IS NULL")
+                .bind(serial)
+                .execute(&mut *tx)
                 .await?;
-            attempt += 1;
-            if taken.is_none() || attempt >= 20 {
-                break code;
-            }
-        };
-        sqlx::query("INSERT INTO \"entryKeys\" (code, serial, \"createdAt\", \"expiresAt\") VALUES (?, ?, ?, ?)")
+            let evicted: Vec<String> =
+                sqlx::query_scalar(evict).bind(MAX_PENDING_CODES - 1).fetch_all(&mut *tx).await?;
+            let mut attempt = 0;
+            let code = loop {
+                let code = new_code().ok_or(IssueError::NoRandomness)?;
+                let taken: Option<String> = sqlx::query_scalar("SELECT code FROM \"entryKeys\" WHERE code = $1")
+                    .bind(&code)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                attempt += 1;
+                if taken.is_none() || attempt >= 20 {
+                    break code;
+                }
+            };
+            sqlx::query(
+                "INSERT INTO \"entryKeys\" (code, serial, \"createdAt\", \"expiresAt\") VALUES ($1, $2, $3, $4)",
+            )
             .bind(&code)
             .bind(serial)
             .bind(now)
             .bind(expires_at)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+            tx.commit().await?;
+            (code, evicted)
+        });
         let key = EntryKey {
             code,
             serial: serial.to_string(),
@@ -196,58 +239,70 @@ impl Pairing {
 
     /// Removes unclaimed codes that have expired; returns their serials.
     pub async fn expire_codes(&self) -> Result<Vec<String>, sqlx::Error> {
-        sqlx::query_scalar(
-            "DELETE FROM \"entryKeys\" WHERE \"claimedBy\" IS NULL AND \"expiresAt\" <= ? RETURNING serial",
+        on_db!(&self.db, pool => sqlx::query_scalar(
+            "DELETE FROM \"entryKeys\" WHERE \"claimedBy\" IS NULL AND \"expiresAt\" <= $1 RETURNING serial",
         )
         .bind(now_ms())
-        .fetch_all(&self.pool)
-        .await
+        .fetch_all(pool)
+        .await)
     }
 
     /// Claims a code for `user`; on success the device is owned by `user`. The code proves
     /// physical access to the thermostat, so a claim moves a device that another user owned.
-    /// `room` is asked (with the serial) whether the device may count toward the device limit.
+    /// The device takes its place under `limit` in the same transaction.
     pub async fn claim(
         &self,
         code: &str,
         user: &str,
-        room: impl FnOnce(&str) -> Result<(), ClaimError>,
+        limit: &DeviceLimit,
     ) -> Result<Result<String, ClaimError>, sqlx::Error> {
         let now = now_ms();
-        let serial: Option<String> = sqlx::query_scalar(
-            "SELECT serial FROM \"entryKeys\" WHERE code = ? AND \"claimedBy\" IS NULL AND \"expiresAt\" > ?",
-        )
-        .bind(code)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(serial) = serial else { return Ok(Err(ClaimError::Invalid)) };
-        if let Err(e) = room(&serial) {
-            return Ok(Err(e));
+        macro_rules! find {
+            () => {
+                "SELECT serial FROM \"entryKeys\" WHERE code = $1 AND \"claimedBy\" IS NULL AND \"expiresAt\" > $2"
+            };
         }
-        let mut tx = self.pool.begin().await?;
-        let claimed = sqlx::query(
-            "UPDATE \"entryKeys\" SET \"claimedBy\" = ?, \"claimedAt\" = ? WHERE code = ? AND \"claimedBy\" IS NULL AND \"expiresAt\" > ?",
-        )
-        .bind(user)
-        .bind(now)
-        .bind(code)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if claimed.rows_affected() == 0 {
-            return Ok(Err(ClaimError::Invalid));
-        }
-        sqlx::query(
-            "INSERT INTO \"deviceOwners\" (serial, \"userId\", \"createdAt\") VALUES (?, ?, ?)
-             ON CONFLICT (serial) DO UPDATE SET \"userId\" = excluded.\"userId\", \"createdAt\" = excluded.\"createdAt\"",
-        )
-        .bind(&serial)
-        .bind(user)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        const MARK: &str = "UPDATE \"entryKeys\" SET \"claimedBy\" = $1, \"claimedAt\" = $2
+             WHERE code = $3 AND \"claimedBy\" IS NULL AND \"expiresAt\" > $4";
+        const OWN: &str = "INSERT INTO \"deviceOwners\" (serial, \"userId\", \"createdAt\") VALUES ($1, $2, $3)
+             ON CONFLICT (serial) DO UPDATE SET \"userId\" = excluded.\"userId\", \"createdAt\" = excluded.\"createdAt\"";
+        let serial = match &self.db {
+            Db::Sqlite(pool) => {
+                let serial: Option<String> =
+                    sqlx::query_scalar(find!()).bind(code).bind(now).fetch_optional(pool).await?;
+                let Some(serial) = serial else { return Ok(Err(ClaimError::Invalid)) };
+                if !limit.claim_here(&serial) {
+                    return Ok(Err(ClaimError::NoRoom(limit.max())));
+                }
+                let mut tx = pool.begin().await?;
+                let claimed = sqlx::query(MARK).bind(user).bind(now).bind(code).bind(now).execute(&mut *tx).await?;
+                if claimed.rows_affected() == 0 {
+                    return Ok(Err(ClaimError::Invalid));
+                }
+                sqlx::query(OWN).bind(&serial).bind(user).bind(now).execute(&mut *tx).await?;
+                tx.commit().await?;
+                serial
+            }
+            // One transaction: the code, the room under the limit and the owner are decided
+            // together, whichever node the request reached.
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                let serial: Option<String> = sqlx::query_scalar(concat!(find!(), " FOR UPDATE"))
+                    .bind(code)
+                    .bind(now)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(serial) = serial else { return Ok(Err(ClaimError::Invalid)) };
+                if !limit.claim_in(&mut tx, &serial).await? {
+                    return Ok(Err(ClaimError::NoRoom(limit.max())));
+                }
+                sqlx::query(MARK).bind(user).bind(now).bind(code).bind(now).execute(&mut *tx).await?;
+                sqlx::query(OWN).bind(&serial).bind(user).bind(now).execute(&mut *tx).await?;
+                tx.commit().await?;
+                limit.learn(&serial);
+                serial
+            }
+        };
         if let Some(previous) = self.owners.write().ok().and_then(|mut o| o.insert(serial.clone(), user.to_string())) {
             if previous != user {
                 tracing::info!(%serial, %previous, new_owner = user, "thermostat moved to a new owner");
@@ -260,52 +315,54 @@ impl Pairing {
 impl Pairing {
     /// Removes the owner and every entry key of a device.
     pub async fn forget(&self, serial: &str) -> Result<(), sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query("DELETE FROM \"deviceOwners\" WHERE serial = ?").bind(serial).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM \"entryKeys\" WHERE serial = ?").bind(serial).execute(&mut *tx).await?;
-        tx.commit().await?;
-        if let Ok(mut o) = self.owners.write() {
-            o.remove(serial);
-        }
+        on_db!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM \"deviceOwners\" WHERE serial = $1").bind(serial).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM \"entryKeys\" WHERE serial = $1").bind(serial).execute(&mut *tx).await?;
+            tx.commit().await?;
+        });
+        self.forget_cached(serial);
         Ok(())
     }
 
     /// Removes the owner row of `serial` if `user` owns it. Returns whether it did.
     pub async fn unregister(&self, serial: &str, user: &str) -> Result<bool, sqlx::Error> {
-        let done = sqlx::query("DELETE FROM \"deviceOwners\" WHERE serial = ? AND \"userId\" = ?")
-            .bind(serial)
-            .bind(user)
-            .execute(&self.pool)
-            .await?
-            .rows_affected()
+        let done = on_db!(&self.db, pool => sqlx::query(
+            "DELETE FROM \"deviceOwners\" WHERE serial = $1 AND \"userId\" = $2",
+        )
+        .bind(serial)
+        .bind(user)
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?
             > 0;
         if done {
-            if let Ok(mut o) = self.owners.write() {
-                o.remove(serial);
-            }
+            self.forget_cached(serial);
         }
         Ok(done)
     }
 
     /// Devices owned by `user`, newest first.
     pub async fn devices_of(&self, user: &str) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        sqlx::query_as(
-            "SELECT serial, \"createdAt\" FROM \"deviceOwners\" WHERE \"userId\" = ? ORDER BY \"createdAt\" DESC",
+        on_db!(&self.db, pool => sqlx::query_as(
+            "SELECT serial, \"createdAt\" FROM \"deviceOwners\" WHERE \"userId\" = $1 ORDER BY \"createdAt\" DESC",
         )
         .bind(user)
-        .fetch_all(&self.pool)
-        .await
+        .fetch_all(pool)
+        .await)
     }
 
     /// Creates a user unless it exists. Returns whether it was created.
     pub async fn ensure_user(&self, user: &str, email: &str) -> Result<bool, sqlx::Error> {
-        let created = sqlx::query("INSERT OR IGNORE INTO users (\"clerkId\", email, \"createdAt\") VALUES (?, ?, ?)")
-            .bind(user)
-            .bind(email)
-            .bind(now_ms())
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let created = on_db!(&self.db, pool => sqlx::query(
+            "INSERT INTO users (\"clerkId\", email, \"createdAt\") VALUES ($1, $2, $3) ON CONFLICT (\"clerkId\") DO NOTHING",
+        )
+        .bind(user)
+        .bind(email)
+        .bind(now_ms())
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(created > 0)
     }
 }
@@ -346,7 +403,7 @@ mod tests {
     async fn expired_codes_are_removed_and_pending_codes_are_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let (pool, _writer) = crate::state::db::open(&dir.path().join("p.sqlite")).await.unwrap();
-        let pairing = Pairing::load(pool.clone()).await.unwrap();
+        let pairing = Pairing::load(Db::Sqlite(pool.clone())).await.unwrap();
         let ttl = 3_600_000;
         pairing.issue_key("EXPIRED0000001", ttl).await.unwrap();
         sqlx::query("UPDATE \"entryKeys\" SET \"expiresAt\" = 1").execute(&pool).await.unwrap();

@@ -1,25 +1,37 @@
-//! The preset last asked per structure (see `domain::preset`): kept in SQLite so eco stays
-//! eco across a restart, and in memory for the readers on every publish.
+//! The preset last asked per structure (see `domain::preset`): kept in the database so eco
+//! stays eco across a restart, and in memory for the readers on every publish.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use sqlx::SqlitePool;
-
+use super::sql::{Db, on_db};
 use crate::domain::preset::Preset;
 use crate::domain::time::now_ms;
 
 pub struct Presets {
-    pool: SqlitePool,
+    db: Db,
     asked: RwLock<HashMap<String, Preset>>,
 }
 
+async fn read_all(db: &Db) -> Result<HashMap<String, Preset>, sqlx::Error> {
+    let rows: Vec<(String, String)> =
+        on_db!(db, pool => sqlx::query_as("SELECT structure, preset FROM roost_presets").fetch_all(pool).await)?;
+    Ok(rows.into_iter().filter_map(|(s, p)| Some((s, Preset::parse(&p)?))).collect())
+}
+
 impl Presets {
-    pub async fn load(pool: SqlitePool) -> anyhow::Result<Self> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT structure, preset FROM roost_presets").fetch_all(&pool).await?;
-        let asked = rows.into_iter().filter_map(|(s, p)| Some((s, Preset::parse(&p)?))).collect();
-        Ok(Self { pool, asked: RwLock::new(asked) })
+    pub async fn load(db: Db) -> anyhow::Result<Self> {
+        let asked = read_all(&db).await?;
+        Ok(Self { db, asked: RwLock::new(asked) })
+    }
+
+    /// Reads every structure's preset again (another node may have changed one).
+    pub async fn reload(&self) -> Result<(), sqlx::Error> {
+        let asked = read_all(&self.db).await?;
+        if let Ok(mut m) = self.asked.write() {
+            *m = asked;
+        }
+        Ok(())
     }
 
     /// What was last asked for a structure key (`structure.<id>`).
@@ -30,15 +42,16 @@ impl Presets {
     /// Remembers `preset` for a structure and returns what it replaces. Set before the command
     /// runs, so every reader of the change it commits already sees it.
     pub async fn remember(&self, structure: &str, preset: Preset) -> Result<Option<Preset>, sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO roost_presets (structure, preset, at_ms) VALUES (?, ?, ?)
+        on_db!(&self.db, pool => sqlx::query(
+            "INSERT INTO roost_presets (structure, preset, at_ms) VALUES ($1, $2, $3)
              ON CONFLICT (structure) DO UPDATE SET preset = excluded.preset, at_ms = excluded.at_ms",
         )
         .bind(structure)
         .bind(preset.as_str())
         .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
+        .execute(pool)
+        .await
+        .map(|r| r.rows_affected()))?;
         Ok(self.asked.write().ok().and_then(|mut m| m.insert(structure.to_string(), preset)))
     }
 
@@ -50,11 +63,11 @@ impl Presets {
                 if let Ok(mut m) = self.asked.write() {
                     m.remove(structure);
                 }
-                sqlx::query("DELETE FROM roost_presets WHERE structure = ?")
+                on_db!(&self.db, pool => sqlx::query("DELETE FROM roost_presets WHERE structure = $1")
                     .bind(structure)
-                    .execute(&self.pool)
+                    .execute(pool)
                     .await
-                    .map(|_| ())
+                    .map(|_| ()))
             }
         };
         if let Err(e) = result {
