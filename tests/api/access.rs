@@ -163,9 +163,9 @@ async fn keys_are_checked_when_they_are_created() {
 }
 
 /// Runs the real `roost` binary with the server's database.
-fn roost_keys(db: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+async fn roost_keys(db: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_roost"))
-        .env("SQLITE3_DB_PATH", db)
+        .envs(db_env(db).await)
         .arg("keys")
         .args(args)
         .output()
@@ -184,7 +184,8 @@ async fn keys_made_with_the_cli_work_at_once_on_the_running_server() {
     let app = TestApp::start_in(dir.path().to_path_buf(), &["--control-api-key=k"]).await;
     app.booted(SERIAL).await;
 
-    let (ok, key, err) = roost_keys(&db, &["create", "--scopes", "read,write", "--devices", SERIAL, "--name", "phone"]);
+    let (ok, key, err) =
+        roost_keys(&db, &["create", "--scopes", "read,write", "--devices", SERIAL, "--name", "phone"]).await;
     assert!(ok, "{err}");
     let key = key.trim().to_string();
     assert!(key.starts_with("nle_") && key.len() == 68, "{key}");
@@ -194,22 +195,22 @@ async fn keys_made_with_the_cli_work_at_once_on_the_running_server() {
     let r = app.control.send(&with_key(Request::get(&format!("/status?serial={SERIAL}")), &key)).await.unwrap();
     assert_eq!(r.status(), 200, "and on the rest of the control port");
 
-    let (ok, list, _) = roost_keys(&db, &["list"]);
+    let (ok, list, _) = roost_keys(&db, &["list"]).await;
     assert!(ok);
     assert!(list.contains("phone") && list.contains(&key[..10]) && list.contains("active"), "{list}");
     assert!(!list.contains(&key), "the list never shows a key");
 
-    let (ok, _, err) = roost_keys(&db, &["revoke", "1"]);
+    let (ok, _, err) = roost_keys(&db, &["revoke", "1"]).await;
     assert!(ok, "{err}");
     let r = app.control.send(&with_key(Request::get("/api/v1/devices"), &key)).await.unwrap();
     assert_eq!(r.status(), 401, "revoked at once");
     let r = app.control.send(&with_key(Request::get("/api/devices"), &key)).await.unwrap();
     assert_eq!(r.status(), 401);
-    let (ok, list, _) = roost_keys(&db, &["list"]);
+    let (ok, list, _) = roost_keys(&db, &["list"]).await;
     assert!(ok && list.contains("revoked"), "{list}");
 
-    let (ok, _, err) = roost_keys(&db, &["revoke", "7"]);
+    let (ok, _, err) = roost_keys(&db, &["revoke", "7"]).await;
     assert!(!ok && err.contains("no API key with id 7"), "{err}");
-    let (ok, _, err) = roost_keys(&db, &["create", "--scopes", "read", "--expires", "yesterday"]);
+    let (ok, _, err) = roost_keys(&db, &["create", "--scopes", "read", "--expires", "yesterday"]).await;
     assert!(!ok && err.contains("expires:"), "{err}");
 }

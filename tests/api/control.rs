@@ -950,15 +950,14 @@ struct RawApp {
 impl RawApp {
     async fn start() -> RawApp {
         let tmp = tempfile::tempdir().unwrap();
-        let db = tmp.path().join("roost.sqlite");
-        let args = [
+        let mut args = vec![
             "--server-host=127.0.0.1".to_string(),
             "--server-port=0".to_string(),
             "--control-host=127.0.0.1".to_string(),
             "--control-port=0".to_string(),
             "--api-origin=http://127.0.0.1".to_string(),
-            format!("--sqlite3-db-path={}", db.display()),
         ];
+        args.extend(db_args(&tmp.path().join("roost.sqlite")).await);
         let config = roost::config::from_args(&args).unwrap();
         let app = roost::Application::build(config).await.unwrap();
         let control = app.control_addr();

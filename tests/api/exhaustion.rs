@@ -33,7 +33,7 @@ impl Roost {
             .env("SERVER_PORT", device.to_string())
             .env("CONTROL_HOST", "127.0.0.1")
             .env("CONTROL_PORT", control.to_string())
-            .env("SQLITE3_DB_PATH", dir.path().join("roost.sqlite"))
+            .envs(db_env(&dir.path().join("roost.sqlite")).await)
             .current_dir(dir.path())
             .stdout(stdout)
             .stderr(Stdio::null());

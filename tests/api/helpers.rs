@@ -1,7 +1,11 @@
 //! Starting roost on port 0 with a fresh database, and talking to it like a thermostat would.
+//!
+//! The database is a SQLite file in the test's directory, or, when `ROOST_TEST_POSTGRES` names
+//! a PostgreSQL server (`.ci/run` starts one and runs the tests again), a schema of its own in
+//! that server: the same tests run on both engines.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
@@ -49,12 +53,9 @@ impl TestApp {
             .iter()
             .find_map(|a| a.strip_prefix("--sqlite3-db-path="))
             .map_or_else(|| dir.join("roost.sqlite"), PathBuf::from);
-        let mut args: Vec<String> = vec![
-            "--server-host=127.0.0.1".into(),
-            "--control-host=127.0.0.1".into(),
-            "--control-port=0".into(),
-            format!("--sqlite3-db-path={}", db_path.display()),
-        ];
+        let mut args: Vec<String> =
+            vec!["--server-host=127.0.0.1".into(), "--control-host=127.0.0.1".into(), "--control-port=0".into()];
+        args.extend(db_args(&db_path).await);
         // Port 9 (discard) refuses at once: tests never reach out to the real weather service.
         for (flag, default) in [
             ("--server-port", "0"),
@@ -137,6 +138,101 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.handle.stop();
+    }
+}
+
+/// The PostgreSQL server the tests run against (`ROOST_TEST_POSTGRES`); `None`: SQLite.
+pub fn postgres() -> Option<String> {
+    std::env::var("ROOST_TEST_POSTGRES").ok().filter(|u| !u.trim().is_empty())
+}
+
+/// The schema standing in for the SQLite file `db_path` (the same path, the same schema: a
+/// restart finds its data).
+fn schema_for(db_path: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    db_path.hash(&mut h);
+    format!("t{:016x}", h.finish())
+}
+
+/// `DATABASE_URL` for the schema standing in for `db_path`, created when missing.
+async fn postgres_url(base: &str, db_path: &Path) -> String {
+    use sqlx::Connection;
+    let schema = schema_for(db_path);
+    let mut conn = sqlx::PgConnection::connect(base).await.expect("ROOST_TEST_POSTGRES accepts connections");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
+        .execute(&mut conn)
+        .await
+        .expect("create the test's schema");
+    let _ = conn.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options[search_path]={schema}")
+}
+
+/// The settings that give roost the database standing in for `db_path`, as flags.
+pub async fn db_args(db_path: &Path) -> Vec<String> {
+    match postgres() {
+        Some(base) => vec![format!("--database-url={}", postgres_url(&base, db_path).await)],
+        None => vec![format!("--sqlite3-db-path={}", db_path.display())],
+    }
+}
+
+/// The same as environment variables, for the real binary.
+pub async fn db_env(db_path: &Path) -> Vec<(&'static str, String)> {
+    match postgres() {
+        Some(base) => vec![("DATABASE_URL", postgres_url(&base, db_path).await)],
+        None => vec![("SQLITE3_DB_PATH", db_path.display().to_string())],
+    }
+}
+
+/// A direct connection to the database standing in for `db_path`, for tests that age or
+/// inspect what roost stored. Statements use `$1` parameters, which both engines accept.
+pub enum TestDb {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl TestDb {
+    pub async fn open(db_path: &Path) -> TestDb {
+        match postgres() {
+            Some(base) => TestDb::Postgres(sqlx::PgPool::connect(&postgres_url(&base, db_path).await).await.unwrap()),
+            None => {
+                TestDb::Sqlite(sqlx::SqlitePool::connect(&format!("sqlite://{}", db_path.display())).await.unwrap())
+            }
+        }
+    }
+
+    pub async fn execute(&self, sql: &'static str, binds: &[&str]) {
+        match self {
+            TestDb::Sqlite(pool) => {
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                q.execute(pool).await.unwrap();
+            }
+            TestDb::Postgres(pool) => {
+                let mut q = sqlx::query(sql);
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                q.execute(pool).await.unwrap();
+            }
+        }
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        match self {
+            TestDb::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+            TestDb::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await.unwrap(),
+        }
+    }
+
+    pub async fn close(self) {
+        match self {
+            TestDb::Sqlite(pool) => pool.close().await,
+            TestDb::Postgres(pool) => pool.close().await,
+        }
     }
 }
 

@@ -78,13 +78,9 @@ async fn history_older_than_history_days_is_pruned() {
     let recent = points(&app, 1).await.len();
     app.stop().await;
     // Age what was recorded by 2 days, then start with HISTORY_DAYS=1.
-    {
-        use sqlx::Connection;
-        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(tmp.path().join("roost.sqlite"));
-        let mut conn = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
-        sqlx::query("UPDATE roost_history SET at_ms = at_ms - 2 * 86400000").execute(&mut conn).await.unwrap();
-        conn.close().await.unwrap();
-    }
+    let db = TestDb::open(&tmp.path().join("roost.sqlite")).await;
+    db.execute("UPDATE roost_history SET at_ms = at_ms - 2 * 86400000", &[]).await;
+    db.close().await;
     let app = TestApp::start_in(tmp.path().to_path_buf(), &["--history-days=1"]).await;
     assert!(recent >= 1);
     for _ in 0..200 {

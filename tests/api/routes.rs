@@ -143,11 +143,8 @@ async fn weather_is_cached_per_normalised_location_and_the_cache_is_bounded() {
         let r = app.device.send(&Request::get(&format!("/nest/weather/v1?query={i:05},US"))).await.unwrap();
         assert_eq!(r.status(), 200);
     }
-    use sqlx::Connection;
-    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(tmp.path().join("roost.sqlite"));
-    let mut db = sqlx::SqliteConnection::connect_with(&options).await.unwrap();
-    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM weather").fetch_one(&mut db).await.unwrap();
-    assert_eq!(rows, 500);
+    let db = TestDb::open(&tmp.path().join("roost.sqlite")).await;
+    assert_eq!(db.count("SELECT COUNT(*) FROM weather").await, 500);
 }
 
 #[tokio::test]

@@ -78,31 +78,27 @@ async fn buckets_stored_under_corrupted_keys_are_purged_at_start() {
     app.booted(SERIAL).await;
     app.stop().await;
 
-    let db = tmp.path().join("roost.sqlite");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
+    let db = TestDb::open(&tmp.path().join("roost.sqlite")).await;
     for key in [format!("device.{SERIAL} ._sync"), format!("device.{SERIAL} .$version .$version")] {
-        sqlx::query(
-            "INSERT INTO states (serial, object_key, object_revision, object_timestamp, value, \"updatedAt\") VALUES (?, ?, 1, 1, '{}', 1)",
+        db.execute(
+            "INSERT INTO states (serial, object_key, object_revision, object_timestamp, value, \"updatedAt\") VALUES ($1, $2, 1, 1, '{}', 1)",
+            &[SERIAL, &key],
         )
-        .bind(SERIAL)
-        .bind(key)
-        .execute(&pool)
-        .await
-        .unwrap();
+        .await;
     }
-    pool.close().await;
+    db.close().await;
 
     let app = TestApp::start_in(tmp.path().to_path_buf(), &[]).await;
     let keys: Vec<String> = keys_of(&app.listing_of(SERIAL).await);
     assert!(keys.contains(&format!("device.{SERIAL}")), "{keys:?}");
     assert!(keys.iter().all(|k| !k.contains(' ')), "{keys:?}");
     app.stop().await;
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
-    let spaced: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM states WHERE instr(object_key, ' ') > 0")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(spaced, 0, "removed from storage too");
+    let db = TestDb::open(&tmp.path().join("roost.sqlite")).await;
+    assert_eq!(
+        db.count("SELECT COUNT(*) FROM states WHERE object_key LIKE '% %'").await,
+        0,
+        "removed from storage too"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
