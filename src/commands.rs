@@ -41,7 +41,10 @@ impl Executed {
 pub async fn execute(state: &AppState, raw_serial: &str, name: &str, value: &Value) -> Result<Executed, ExecError> {
     let serial = serial::sanitize(raw_serial).ok_or(ExecError::NoSerial)?;
     crate::telemetry::record_serial(&serial);
-    if !state.store.exists(&serial) || !state.is_known_device(&serial) {
+    // With PostgreSQL the commit reads what this node has not seen yet, and refuses a device
+    // without state itself.
+    let shared = state.store.cluster().is_some();
+    if !(shared || state.store.exists(&serial)) || !state.knows_device(&serial).await {
         return Err(ExecError::NotFound);
     }
     let Some(preset) = Preset::asked_by(name, value) else { return apply(state, serial, name, value).await };

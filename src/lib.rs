@@ -55,6 +55,30 @@ impl AppState {
         self.devices.counts(serial)
     }
 
+    /// [`Self::is_known_device`], asking the database when this node has not heard of the
+    /// thermostat yet (with PostgreSQL it may have arrived through another node a moment ago;
+    /// what that node stored is read then, its owner included).
+    pub async fn knows_device(&self, serial: &str) -> bool {
+        if self.is_known_device(serial) {
+            return true;
+        }
+        let Some(cluster) = self.store.cluster() else { return false };
+        match cluster.counts(serial).await {
+            Ok(true) => {
+                self.devices.learn(serial);
+                if let Err(e) = self.pairing.reload_owner(serial).await {
+                    tracing::warn!(%serial, error = %e, "could not read the thermostat's owner");
+                }
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                tracing::warn!(%serial, error = %e, "could not ask the database about a thermostat");
+                false
+            }
+        }
+    }
+
     /// The structure bucket of a thermostat: its owner's, or `structure.default` while unowned.
     pub fn structure_key(&self, serial: &str) -> String {
         let owner = self.pairing.owner(serial);

@@ -295,5 +295,9 @@ pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
         "availability": availability,
         "events": state.events.stats(),
         "mqtt": state.mqtt.lock().map(|s| s.to_json()).unwrap_or_default(),
+        "storage": {
+            "engine": if state.store.cluster().is_some() { "postgres" } else { "sqlite" },
+            "leader": *state.leading.borrow(),
+        },
     }))
 }

@@ -207,7 +207,8 @@ pub(super) struct Delta {
 }
 
 impl Delta {
-    pub fn apply(&self, state: &mut DeviceState) {
+    /// Applies the delta to a copy of the state (the sizes move into it).
+    pub fn apply(&mut self, state: &mut DeviceState) {
         if self.delete {
             *state = DeviceState::default();
         }
@@ -230,8 +231,8 @@ impl Delta {
             }
         }
         state.structure_sent |= self.structure_sent;
-        match &self.usage {
-            Some(usage) => state.usage = usage.clone(),
+        match self.usage.take() {
+            Some(usage) => state.usage = usage,
             None if !self.writes.is_empty() => state.usage = Usage::measure(state.buckets.values().map(|b| &**b)),
             None => {}
         }
@@ -529,7 +530,7 @@ impl Store {
             let state = slot.state.read().map_err(|_| StoreError::Unavailable("state lock poisoned".into()))?;
             request.plan(&state, &ctx).map_err(CommitError::Refused)?
         };
-        let (prepared, reply) = Prepared::new(serial, plan, ctx.now_ms);
+        let (mut prepared, reply) = Prepared::new(serial, plan, ctx.now_ms);
         if !prepared.durable {
             // Nothing durable (what went out on a subscribe): memory only.
             if let Ok(mut state) = slot.state.write() {

@@ -130,7 +130,7 @@ impl Store {
             let remembered = (grew || sent.len() != before).then(|| sent_json(&sent));
             (plan, remembered)
         };
-        let (prepared, reply) = Prepared::new(serial, plan, ctx.now_ms);
+        let (mut prepared, reply) = Prepared::new(serial, plan, ctx.now_ms);
         let structure_sent = prepared.delta.structure_sent && !row.structure_sent;
         if !prepared.durable && sent.is_none() && !structure_sent {
             // Nothing to write: the transaction ends without one (and without a flush).

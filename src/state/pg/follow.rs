@@ -197,7 +197,7 @@ fn apply_remote(store: &Store, row: Row) -> Change {
         kind,
         detail: detail.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or_default(),
     });
-    let Some(Body { prev, generation, delta, visible }) = body else {
+    let Some(Body { prev, generation, mut delta, visible }) = body else {
         tracing::warn!(%serial, change = id, "a journal row without a readable body; the copy is read again at the next write");
         if let Some(slot) = store.slot(&serial) {
             slot.generation.store(GENERATION_UNKNOWN, Ordering::Release);
