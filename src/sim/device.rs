@@ -85,6 +85,12 @@ impl Thermostat {
         &self.client
     }
 
+    /// The same thermostat (sharing its state) reaching the server through `client`: another
+    /// node behind a load balancer.
+    pub fn via(&self, client: Client) -> Self {
+        Self { client, ..self.clone() }
+    }
+
     /// The Basic-auth user production firmware sends: `d.<serial>.<suffix>`.
     pub fn authed(&self, req: Request) -> Request {
         req.basic_auth(&format!("d.{}.5a1e", self.serial), &self.password).header("X-nl-protocol-version", "1")

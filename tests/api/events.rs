@@ -95,7 +95,8 @@ async fn compatible_stream_one_message_per_change_with_ids() {
     assert_eq!(s.head.header("x-accel-buffering"), Some("no"));
     let first = s.next(WAIT).await.unwrap();
     assert!(first.retry.is_some(), "a retry hint first: {first:?}");
-    assert!(s.next(Duration::from_millis(300)).await.is_none(), "no message events on connect");
+    let extra = s.next(Duration::from_millis(300)).await;
+    assert!(extra.is_none(), "no message events on connect: {extra:?}");
 
     app.command(SERIAL, "set_temperature", json!(22)).await;
     let e = s.next_event().await.unwrap();

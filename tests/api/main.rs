@@ -1,8 +1,9 @@
-//! Black-box tests over real HTTP: roost on port 0 with a fresh SQLite database, driven the
-//! way a thermostat drives it.
+//! Black-box tests over real HTTP: roost on port 0 with a fresh database (SQLite, or PostgreSQL
+//! with `ROOST_TEST_POSTGRES`), driven the way a thermostat drives it.
 
 mod access;
 mod bad_input;
+mod cluster;
 mod commands;
 mod control;
 mod delivery;
