@@ -14,8 +14,7 @@ use crate::mqtt_support::*;
 
 /// Two nodes on one database, the first started first (it leads).
 async fn two_nodes(extra: &[&str]) -> Option<(TempDir, TestApp, TestApp)> {
-    if postgres().is_none() {
-        println!("skipped: several nodes need PostgreSQL (set ROOST_TEST_POSTGRES; .ci/run does)");
+    if skip_without_postgres() {
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -121,8 +120,7 @@ async fn a_thermostat_alternating_between_nodes_gets_each_bucket_pushed_once() {
 
 #[tokio::test]
 async fn mqtt_is_published_once_per_change_and_another_node_takes_over_when_the_leader_stops() {
-    if postgres().is_none() {
-        println!("skipped: several nodes need PostgreSQL (set ROOST_TEST_POSTGRES; .ci/run does)");
+    if skip_without_postgres() {
         return;
     }
     let broker = Broker::rumqttd(None).await;

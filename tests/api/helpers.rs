@@ -146,6 +146,25 @@ pub fn postgres() -> Option<String> {
     std::env::var("ROOST_TEST_POSTGRES").ok().filter(|u| !u.trim().is_empty())
 }
 
+/// True (after saying so once per run) when PostgreSQL is not configured: tests that need it
+/// (several nodes on one database) are skipped then. Written to stderr directly, past the test
+/// harness's capture, so a plain `cargo test` says what it did not run.
+pub fn skip_without_postgres() -> bool {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    if postgres().is_some() {
+        return false;
+    }
+    SAID.call_once(|| {
+        use std::io::Write;
+        let _ = writeln!(
+            std::io::stderr(),
+            "note: the api tests run on SQLite; the several-node tests are skipped (set ROOST_TEST_POSTGRES \
+             to a PostgreSQL URL to run everything on PostgreSQL, as .ci/run does)"
+        );
+    });
+    true
+}
+
 /// The schema standing in for the SQLite file `db_path` (the same path, the same schema: a
 /// restart finds its data).
 fn schema_for(db_path: &Path) -> String {
