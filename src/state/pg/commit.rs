@@ -141,8 +141,10 @@ impl Store {
         tx.commit().await.map_err(StoreError::from)?;
 
         let mut state = slot.state.write().map_err(|_| poisoned())?;
-        // The follower may have applied this change from the journal already.
-        if slot.generation() != generation {
+        // The copy was at the row's generation when the plan was made, and only the follower
+        // moves it meanwhile: if it moved, the follower applied this change from the journal
+        // already, perhaps with another node's later ones, which this delta must not overwrite.
+        if slot.generation() == row.generation {
             prepared.delta.apply(&mut state);
             slot.generation.store(generation, Ordering::Release);
         }
