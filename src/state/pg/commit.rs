@@ -103,6 +103,7 @@ impl Store {
         request: P,
     ) -> Result<(Committed<P::Reply>, Option<oneshot::Receiver<()>>), CommitError<P::Refusal>> {
         let poisoned = || StoreError::Unavailable("state lock poisoned".into());
+        let started = std::time::Instant::now();
         let mut tx = cluster.pool.begin().await.map_err(StoreError::from)?;
         let row = lock_device(&mut tx, serial).await.map_err(StoreError::from)?;
         if slot.generation() != row.generation {
@@ -136,9 +137,15 @@ impl Store {
             // Nothing to write: the transaction ends without one (and without a flush).
             return Ok((Committed { reply, change: None }, None));
         }
-        let written = write(&mut tx, cluster, serial, &prepared, row.generation, sent.as_deref()).await;
+        let written = async {
+            let written = write(&mut tx, cluster, serial, &prepared, row.generation, sent.as_deref()).await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(written)
+        }
+        .await;
+        // Each commit is its own transaction here: a batch of one for /metrics.
+        crate::telemetry::database::WRITES.batch(1, started.elapsed(), written.is_ok());
         let (generation, id) = written.map_err(StoreError::from)?;
-        tx.commit().await.map_err(StoreError::from)?;
 
         let mut state = slot.state.write().map_err(|_| poisoned())?;
         // The copy was at the row's generation when the plan was made, and only the follower
