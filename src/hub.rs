@@ -120,6 +120,11 @@ impl Hub {
         }
     }
 
+    /// The id of the last change delivered in order (0 before any).
+    pub fn last_delivered(&self) -> i64 {
+        self.order.lock().map_or(0, |order| order.next - 1)
+    }
+
     pub fn feed(&self) -> broadcast::Receiver<Arc<Change>> {
         self.feed.subscribe()
     }

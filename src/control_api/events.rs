@@ -357,7 +357,9 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     };
     let mut backlog: VecDeque<Bytes> = VecDeque::new();
     backlog.push_back(Bytes::from(format!("retry: {RETRY_MS}\n\n")));
-    let mut replayed_up_to = 0;
+    // Without `Last-Event-ID` a stream carries the changes committed after it connected: one
+    // the hub delivered before (still on its way through the fan-out task) is not sent.
+    let mut replayed_up_to = state.store.hub().last_delivered();
     if let Some(after) = resume_from {
         match replay(&state, after).await? {
             Ok(missed) => {
