@@ -20,6 +20,12 @@ use crate::state::store::{
     CommitError, Committed, Delta, PendingRow, Prepared, Slot, StateRow, Store, StoreError, group_rows,
 };
 
+/// The thermostat's row after a write: its new `generation` ($2), what the device was given
+/// when that changed ($3) and whether it got the structure bucket ($4). After a delete it
+/// matches no row.
+const UPDATE_DEVICE: &str = "UPDATE roost_devices SET generation = $2, sent = COALESCE($3, sent),
+        structure_sent = structure_sent OR $4 WHERE serial = $1";
+
 /// Rows per multi-row upsert (PostgreSQL allows 65535 bound values).
 const UPSERT_ROWS_PER_STATEMENT: usize = 1000;
 
@@ -138,9 +144,9 @@ impl Store {
             return Ok((Committed { reply, change: None }, None));
         }
         let written = async {
-            let written = write(&mut tx, cluster, serial, &prepared, row.generation, sent.as_deref()).await?;
+            let id = write(&mut tx, cluster, serial, &prepared, &row, sent.as_deref()).await?;
             tx.commit().await?;
-            Ok::<_, sqlx::Error>(written)
+            Ok::<_, sqlx::Error>((row.next_generation, id))
         }
         .await;
         // Each commit is its own transaction here: a batch of one for /metrics.
@@ -162,15 +168,16 @@ impl Store {
     }
 }
 
-/// The statements of one commit; returns the thermostat's new `generation` and the change id.
+/// The statements of one commit; returns the change id when it produces a change. The row's
+/// new `generation` is `row.next_generation`.
 async fn write(
     tx: &mut PgConnection,
     cluster: &Cluster,
     serial: &str,
     prepared: &Prepared,
-    prev_generation: i64,
+    row: &DeviceRow,
     sent: Option<&str>,
-) -> Result<(i64, Option<i64>), sqlx::Error> {
+) -> Result<Option<i64>, sqlx::Error> {
     let delta = &prepared.delta;
     if delta.delete {
         sqlx::query("DELETE FROM states WHERE serial = $1").bind(serial).execute(&mut *tx).await?;
@@ -220,48 +227,43 @@ async fn write(
             }
         };
     }
-    // A deleted thermostat's row goes too (made-up serials must not accumulate rows); its
-    // `generation` still comes from the sequence, so no copy anywhere is mistaken for current.
-    let generation: i64 = if delta.delete {
-        sqlx::query_scalar(
-            "WITH gone AS (DELETE FROM roost_devices WHERE serial = $1) SELECT nextval('roost_generation')",
-        )
-        .bind(serial)
-        .fetch_one(&mut *tx)
-        .await?
-    } else {
-        sqlx::query_scalar(
-            "UPDATE roost_devices SET generation = nextval('roost_generation'), sent = COALESCE($2, sent),
-                    structure_sent = structure_sent OR $3
-             WHERE serial = $1 RETURNING generation",
-        )
-        .bind(serial)
-        .bind(sent)
-        .bind(delta.structure_sent)
-        .fetch_one(&mut *tx)
-        .await?
-    };
-    if !prepared.journaled {
-        return Ok((generation, None));
+    if delta.delete {
+        // A deleted thermostat's row goes too (made-up serials must not accumulate rows); the
+        // `generation` its journal row carries still came from the sequence, so no copy
+        // anywhere is mistaken for current.
+        sqlx::query("DELETE FROM roost_devices WHERE serial = $1").bind(serial).execute(&mut *tx).await?;
     }
-    // Taken last: the counter row stays locked until the commit, so ids follow commit order.
-    let id: i64 = sqlx::query_scalar(
-        "WITH next AS (UPDATE roost_change_counter SET last_id = last_id + 1 RETURNING last_id)
-         INSERT INTO roost_changes (id, serial, origin, object_keys, created_at, event, detail, body)
-         SELECT last_id, $1, $2, $3, $4, $5, $6, $7 FROM next RETURNING id",
-    )
+    if !prepared.journaled {
+        let update = sqlx::query(UPDATE_DEVICE).bind(serial).bind(row.next_generation);
+        update.bind(sent).bind(delta.structure_sent).execute(&mut *tx).await?;
+        return Ok(None);
+    }
+    // The row's update, the change id, the journal row and the NOTIFY in one statement: one
+    // round trip where four were (this path is all round trips). The counter row stays locked
+    // from here to the commit, so ids follow commit order; the NOTIFY is delivered at commit,
+    // to every node listening (this one included).
+    let id: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "WITH device AS ({UPDATE_DEVICE}),
+              next AS (UPDATE roost_change_counter SET last_id = last_id + 1 RETURNING last_id),
+              logged AS (
+                INSERT INTO roost_changes (id, serial, origin, object_keys, created_at, event, detail, body)
+                SELECT last_id, $1, $5, $6, $7, $8, $9, $10 FROM next RETURNING id)
+         SELECT id FROM logged, LATERAL pg_notify($11, logged.id::text) AS notified"
+    )))
     .bind(serial)
+    .bind(row.next_generation)
+    .bind(sent)
+    .bind(delta.structure_sent)
     .bind(prepared.origin.as_str())
     .bind(prepared.journal_keys())
     .bind(prepared.at_ms)
     .bind(prepared.event.as_ref().map(|e| e.kind))
     .bind(prepared.event.as_ref().map(|e| e.detail.to_string()))
-    .bind(body(prepared, prev_generation, generation).to_string())
+    .bind(body(prepared, row.generation, row.next_generation).to_string())
+    .bind(&cluster.channel)
     .fetch_one(&mut *tx)
     .await?;
-    // Delivered at commit, to every node listening (this one included).
-    sqlx::query("SELECT pg_notify($1, $2)").bind(&cluster.channel).bind(id.to_string()).execute(&mut *tx).await?;
-    Ok((generation, Some(id)))
+    Ok(Some(id))
 }
 
 fn value_text(bucket: &Bucket) -> String {

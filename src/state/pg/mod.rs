@@ -54,6 +54,9 @@ pub(crate) struct DeviceRow {
     pub sent: Option<String>,
     pub structure_sent: bool,
     pub counted: bool,
+    /// Taken from the sequence under the lock: the `generation` a write in this transaction
+    /// gives the row (unused when nothing is written).
+    pub next_generation: i64,
 }
 
 impl Cluster {
@@ -164,7 +167,8 @@ impl Cluster {
 /// Locks the thermostat's row for the rest of the transaction, creating it first if needed.
 pub(crate) async fn lock_device(conn: &mut PgConnection, serial: &str) -> Result<DeviceRow, sqlx::Error> {
     const LOCK: &str =
-        "SELECT generation, sent, structure_sent, counted FROM roost_devices WHERE serial = $1 FOR UPDATE";
+        "SELECT generation, sent, structure_sent, counted, nextval('roost_generation') AS next_generation
+         FROM roost_devices WHERE serial = $1 FOR UPDATE";
     if let Some(row) = sqlx::query_as(LOCK).bind(serial).fetch_optional(&mut *conn).await? {
         return Ok(row);
     }
