@@ -60,7 +60,7 @@ impl Follower {
     }
 
     /// A change this node committed: published with the others, in id order. The receiver
-    /// hears once it is (right away when the journal brought it first).
+    /// hears once it is (at once when the journal brought it first and it is out already).
     pub(crate) fn committed(&self, change: Arc<Change>) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         if let Ok(mut cursor) = self.cursor.lock() {
@@ -114,28 +114,40 @@ impl Follower {
             .await?;
             let full = rows.len() as i64 == BATCH;
             for row in rows {
-                let local = match self.cursor.lock() {
-                    Ok(mut cursor) => {
-                        cursor.published = row.id;
-                        let mine = cursor.local.remove(&row.id);
-                        // Anything older was published already (from the journal).
-                        cursor.local.retain(|id, _| *id > row.id);
-                        mine
-                    }
+                let id = row.id;
+                let mine = match self.cursor.lock() {
+                    Ok(mut cursor) => cursor.local.remove(&id),
                     Err(_) => return Ok(()),
                 };
-                match local {
+                let waiter = match mine {
                     Some((change, published)) => {
                         store.hub.publish_next(change);
-                        let _ = published.send(());
+                        Some(published)
                     }
                     None => {
+                        // Another node's change, or this node's read from the journal before its
+                        // commit handed it over.
                         let change = Arc::new(apply_remote(store, row));
                         if let Some(observer) = observer {
                             observer(change.clone()).await;
                         }
                         store.hub.publish_next(change);
+                        None
                     }
+                };
+                // Only once the change is published may its commit answer: a commit that handed
+                // it over meanwhile is told here (and its copy is not published again).
+                let late = match self.cursor.lock() {
+                    Ok(mut cursor) => {
+                        cursor.published = id;
+                        let late = cursor.local.remove(&id);
+                        cursor.local.retain(|other, _| *other > id);
+                        late
+                    }
+                    Err(_) => return Ok(()),
+                };
+                for published in waiter.into_iter().chain(late.map(|(_, published)| published)) {
+                    let _ = published.send(());
                 }
             }
             if !full {
