@@ -161,3 +161,26 @@ async fn mqtt_is_published_once_per_change_and_another_node_takes_over_when_the_
     assert_eq!(times(&log, from, "24.0"), 1);
     assert_eq!(log.latest(bridge), Some("online"));
 }
+
+#[tokio::test]
+async fn the_device_limit_holds_for_the_cluster_under_a_flood_spread_over_both_nodes() {
+    let Some((_tmp, a, b)) = two_nodes(&["--max-devices=3"]).await else { return };
+    let flood = (0..20).map(|i| {
+        let client = if i % 2 == 0 { a.device.clone() } else { b.device.clone() };
+        async move {
+            let serial = format!("02AA01AC9{i:07}");
+            let req = device_req("POST", "/nest/transport/put", &serial).json(&json!({"objects": []}));
+            client.send(&req).await.unwrap().status()
+        }
+    });
+    let statuses = futures_util::future::join_all(flood).await;
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 3, "one limit for both nodes: {statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 17, "{statuses:?}");
+    // Room made on one node is room on the other.
+    let owners: Value = b.control.send(&Request::get("/api/registered-devices")).await.unwrap().json().unwrap();
+    assert_eq!(owners.as_array().unwrap().len(), 3, "{owners}");
+    let admitted = owners[0]["serial"].as_str().unwrap().to_string();
+    let r = b.control.send(&Request::new("DELETE", "/api/device").json(&json!({"serial": admitted}))).await.unwrap();
+    assert_eq!(r.status(), 200);
+    a.booted(SERIAL).await;
+}
