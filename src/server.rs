@@ -97,7 +97,7 @@ impl Application {
         let shutdown = CancellationToken::new();
         let release = CancellationToken::new();
         let (leading, sole_leader) = match &cluster {
-            Some(cluster) => (state::pg::leader::spawn(cluster.clone(), release.clone()), None),
+            Some(cluster) => (state::pg::leader::spawn(cluster.clone(), release.clone()).await, None),
             None => {
                 let (tx, rx) = tokio::sync::watch::channel(true);
                 (rx, Some(tx))

@@ -377,7 +377,7 @@ async fn stats_count_devices_subscriptions_and_availability() {
     let empty = get_json(&app, "/api/stats").await;
     assert_eq!(keys(&empty), ["devices", "subscriptions", "availability", "events", "mqtt", "storage"]);
     let engine = if postgres().is_some() { "postgres" } else { "sqlite" };
-    assert_eq!(empty["storage"]["engine"], engine);
+    assert_eq!(empty["storage"], json!({"engine": engine, "leader": true}), "a lone node leads from the start");
     assert_eq!(empty["mqtt"]["enabled"], false, "MQTT is off without MQTT_HOST");
     assert_eq!(empty["devices"], json!({"total": 0, "available": 0, "serials": []}));
     assert_eq!(empty["subscriptions"], json!({"total_subscriptions": 0, "devices_with_subscriptions": 0}));

@@ -14,13 +14,36 @@ use super::Cluster;
 /// How often a follower tries for the lock, and the leader checks that it still holds it.
 const CHECK: Duration = Duration::from_secs(1);
 
-/// Campaigns until `shutdown`; the receiver says whether this node leads right now.
-pub fn spawn(cluster: Arc<Cluster>, shutdown: CancellationToken) -> watch::Receiver<bool> {
+/// Campaigns until `shutdown`; the receiver says whether this node leads right now. The first
+/// attempt is made before this returns, so a node that starts alone leads before it serves a
+/// request (what it commits is then published to MQTT and recorded from the first change).
+pub async fn spawn(cluster: Arc<Cluster>, shutdown: CancellationToken) -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
+    let mut first = match PgConnection::connect_with(cluster.options()).await {
+        Ok(mut conn) => {
+            match try_lock(&mut conn, cluster.leader_key).await {
+                Ok(true) => {
+                    tx.send_replace(true);
+                    tracing::info!("this node leads: it publishes MQTT and records history for every node");
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "could not try for the leadership yet; retrying"),
+            }
+            Some(conn)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reach PostgreSQL to take part in leadership; retrying");
+            None
+        }
+    };
     tokio::spawn(async move {
-        let mut warned = false;
+        let mut warned = first.is_none();
         loop {
-            match PgConnection::connect_with(cluster.options()).await {
+            let conn = match first.take() {
+                Some(conn) => Ok(conn),
+                None => PgConnection::connect_with(cluster.options()).await,
+            };
+            match conn {
                 Ok(conn) => {
                     warned = false;
                     campaign(conn, cluster.leader_key, &tx, &shutdown).await;
@@ -43,6 +66,10 @@ pub fn spawn(cluster: Arc<Cluster>, shutdown: CancellationToken) -> watch::Recei
     rx
 }
 
+async fn try_lock(conn: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(conn).await
+}
+
 /// Tries for the lock on `conn` and holds it while the connection lives. Returns when the
 /// connection failed, or at shutdown (closing the connection releases the lock at once).
 async fn campaign(mut conn: PgConnection, key: i64, tx: &watch::Sender<bool>, shutdown: &CancellationToken) {
@@ -51,7 +78,7 @@ async fn campaign(mut conn: PgConnection, key: i64, tx: &watch::Sender<bool>, sh
             if *tx.borrow() {
                 sqlx::query("SELECT 1").execute(&mut conn).await.map(|_| true)
             } else {
-                sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut conn).await
+                try_lock(&mut conn, key).await
             }
         };
         match check.await {
