@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -78,6 +81,10 @@ impl Client {
             bind: None,
             max_body: MAX_BODY,
         })
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     pub async fn connect(&self) -> io::Result<Conn> {
@@ -336,10 +343,74 @@ impl Conn {
         Ok(Bytes::from(data))
     }
 
+    /// Reads until the server closes the connection and returns what came after the last
+    /// response. A TLS connection closed without `close_notify` is an error, not an end.
+    pub async fn read_until_closed(&mut self) -> io::Result<Vec<u8>> {
+        let mut rest = Vec::new();
+        (&mut self.io).take(self.max_body as u64).read_to_end(&mut rest).await?;
+        Ok(rest)
+    }
+
     pub async fn roundtrip(&mut self, req: &Request) -> io::Result<Response> {
         self.send_request(req).await?;
         let head = self.read_head().await?;
         let body = self.read_body(&head).await?;
         Ok(Response { head, body })
+    }
+}
+
+/// A TLS client configuration that accepts any server certificate: the connection is encrypted
+/// but not authenticated. Only for peers no public trust store vouches for (the Nest weather
+/// service's private CA) and for the simulator against a test certificate.
+pub fn trust_any_server() -> Arc<rustls::ClientConfig> {
+    trust_any_server_with(rustls::DEFAULT_VERSIONS)
+}
+
+/// [`trust_any_server`] speaking only `versions` (the simulator speaks TLS 1.2 as the firmware does).
+pub fn trust_any_server_with(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)
+        .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(AnyServer(provider))).with_no_client_auth());
+    Arc::new(config.unwrap_or_else(|_| {
+        rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
+    }))
+}
+
+#[derive(Debug)]
+struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

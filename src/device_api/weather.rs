@@ -2,14 +2,10 @@
 //! `WEATHER_UPSTREAM_URL`), cached per location in the `weather` table, and served stale when the
 //! upstream is unreachable.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
 
 use super::query_param;
@@ -105,7 +101,9 @@ fn encode(text: &str) -> String {
 
 async fn fetch(upstream: &str, query: &str) -> std::io::Result<Value> {
     let (origin, path) = split_url(upstream);
-    let client = Client::for_url(origin, trust_any_server)?;
+    // The Nest weather service presents a certificate from Nest's private CA, which no public
+    // trust store holds; the data is display-only, so the connection is encrypted but not verified.
+    let client = Client::for_url(origin, crate::http_client::trust_any_server)?;
     let target = if query.is_empty() { path.to_string() } else { format!("{path}?{query}") };
     let request = Request::get(&target).header("Accept", "application/json").header("Connection", "close");
     let response = tokio::time::timeout(UPSTREAM_TIMEOUT, client.send(&request))
@@ -123,56 +121,6 @@ fn split_url(url: &str) -> (&str, &str) {
     match url[after_scheme..].find('/') {
         Some(i) => url.split_at(after_scheme + i),
         None => (url, "/"),
-    }
-}
-
-/// The Nest weather service presents a certificate from Nest's private CA, which no public
-/// trust store holds; the data is display-only, so the connection is encrypted but not verified.
-fn trust_any_server() -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map(|b| b.dangerous().with_custom_certificate_verifier(Arc::new(AnyServer(provider))).with_no_client_auth());
-    Arc::new(config.unwrap_or_else(|_| {
-        rustls::ClientConfig::builder().with_root_certificates(rustls::RootCertStore::empty()).with_no_client_auth()
-    }))
-}
-
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
