@@ -22,6 +22,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::detach::Chunks;
 use super::framing::{Framing, Step};
 
 /// How long a closing connection waits for the peer to close after our FIN, and how much of
@@ -32,12 +33,16 @@ const LINGER_BYTES: usize = 256 * 1024;
 const READ_CHUNK: usize = 4 * 1024;
 
 /// What [`Guarded`] shares with the rest of its connection: how many requests the service has
-/// answered (against the heads passed on), and what happened that the operator may want to count.
+/// answered (against the heads passed on), what happened that the operator may want to count,
+/// and a response body the connection is to write itself ([`super::detach`]).
 #[derive(Default)]
 pub struct Shared {
     answered: Cell<u64>,
     waiting: Cell<Option<Waker>>,
     incidents: Cell<Incidents>,
+    detached: Cell<Option<Chunks>>,
+    /// The last write was refused (the dispatcher still holds unwritten bytes).
+    blocked: Cell<bool>,
 }
 
 impl Shared {
@@ -52,6 +57,20 @@ impl Shared {
 
     pub fn incidents(&self) -> Incidents {
         self.incidents.get()
+    }
+
+    /// Hands a response body to the connection, to be written once the head is out.
+    pub(super) fn detach(&self, body: Chunks) {
+        self.detached.set(Some(body));
+    }
+
+    /// The detached body, once the dispatcher has written everything it was given (the head).
+    /// Valid right after a dispatcher poll: each one ends by flushing its buffer.
+    pub(super) fn take_detached(&self) -> Option<Chunks> {
+        if self.blocked.get() {
+            return None;
+        }
+        self.detached.take()
     }
 
     fn note(&self, change: impl FnOnce(&mut Incidents)) {
@@ -275,7 +294,9 @@ impl<T: AsyncRead + Unpin> Guarded<T> {
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.shared.blocked.set(written.is_pending());
+        written
     }
 
     fn poll_write_vectored(
@@ -283,7 +304,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.shared.blocked.set(written.is_pending());
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

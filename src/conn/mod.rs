@@ -7,11 +7,14 @@
 //! `Upgrade: websocket` and `CONNECT` requests are refused at once (actix would otherwise read
 //! their body until the connection closes).
 
+pub mod detach;
 mod framing;
 mod guarded;
 mod request_line;
 
+use std::cell::RefCell;
 use std::error::Error as StdError;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -88,7 +91,7 @@ where
         let settings = settings.clone();
         let draining = draining.clone();
         let app = apply_fn_factory(map_config(app(), |_: ()| AppConfig::default()), answer::<S::Service, B>);
-        let h1 = HttpService::<Guarded<Stream>, _, _>::build()
+        let h1 = HttpService::<Lent, _, _>::build()
             .keep_alive(settings.keep_alive)
             .client_request_timeout(settings.first_head_timeout)
             // Guarded closes properly (FIN at once, then a short drain); actix's own linger
@@ -99,8 +102,10 @@ where
                 let draining = draining.clone();
                 async move { draining.notified().await }
             })
-            .on_connect_ext(|io: &Guarded<Stream>, data: &mut actix_http::Extensions| {
-                data.insert(io.shared());
+            .on_connect_ext(|io: &Lent, data: &mut actix_http::Extensions| {
+                if let Some(shared) = io.shared() {
+                    data.insert(shared);
+                }
             })
             .upgrade(fn_service(refuse_upgrade))
             .h1(app);
@@ -121,10 +126,10 @@ where
     Ok(builder.run())
 }
 
-/// One accepted connection, from TLS to the end of its last request.
+/// One accepted connection, from TLS to the end of its last request (or of a detached response).
 async fn connection<H>(tcp: TcpStream, h1: Rc<H>, settings: Rc<Settings>) -> Result<(), ()>
 where
-    H: Service<(Guarded<Stream>, Option<SocketAddr>), Response = (), Error = actix_http::error::DispatchError>,
+    H: Service<(Lent, Option<SocketAddr>), Response = (), Error = actix_http::error::DispatchError>,
 {
     (settings.tune)(&tcp);
     let peer = tcp.peer_addr().ok();
@@ -141,7 +146,19 @@ where
     };
     let io = Guarded::new(stream, settings.repair_request_lines, settings.request_timeout);
     let shared = io.shared();
-    let result = h1.call((io, peer)).await;
+    let io = Rc::new(RefCell::new(io));
+    // Boxed, so that the dispatcher's memory is returned when a response is detached.
+    let result = match until_detached(Box::pin(h1.call((Lent(io.clone()), peer))), &shared).await {
+        Ok(result) => result,
+        Err(body) => {
+            let mut io = Lent(io);
+            let written = detach::stream(&mut io, body).await;
+            if let Err(e) = written.and(io.shutdown().await) {
+                tracing::debug!(?peer, error = %e, "detached response ended with an error");
+            }
+            Ok(())
+        }
+    };
     let incidents = shared.incidents();
     let malformed = incidents.malformed.map(String::from).or_else(|| match &result {
         Err(actix_http::error::DispatchError::Parse(e)) => Some(e.to_string()),
@@ -155,6 +172,26 @@ where
     }
     NOISE.count(malformed.is_some(), incidents.timed_out);
     Ok(())
+}
+
+/// Runs the dispatcher until it finishes, or until a response body was detached and the
+/// dispatcher has flushed the head; then the dispatcher is dropped and the body returned.
+async fn until_detached<F: Future>(dispatch: Pin<Box<F>>, shared: &Shared) -> Result<F::Output, detach::Chunks> {
+    let mut dispatch = Some(dispatch);
+    std::future::poll_fn(|cx| {
+        let Some(running) = dispatch.as_mut() else { return Poll::Pending };
+        if let Poll::Ready(out) = running.as_mut().poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        match shared.take_detached() {
+            Some(body) => {
+                dispatch = None;
+                Poll::Ready(Err(body))
+            }
+            None => Poll::Pending,
+        }
+    })
+    .await
 }
 
 async fn handshake(acceptor: &tokio_rustls::TlsAcceptor, tcp: TcpStream) -> std::io::Result<Box<TlsStream<TcpStream>>> {
@@ -206,7 +243,7 @@ impl MessageBody for Answered {
 /// `Upgrade: websocket` or `CONNECT`: neither port speaks anything but HTTP, so the answer is
 /// a 400 at once and the connection closes. (Boxed, so the dispatcher does not grow by its size.)
 fn refuse_upgrade(
-    (_, framed): (Request, actix_codec::Framed<Guarded<Stream>, Codec>),
+    (_, framed): (Request, actix_codec::Framed<Lent, Codec>),
 ) -> LocalBoxFuture<'static, Result<(), actix_web::Error>> {
     Box::pin(async move {
         let body = br#"{"error":"Upgrade is not supported"}"#;
@@ -258,6 +295,58 @@ impl Noise {
             timed_out,
             "refused malformed requests and requests that did not arrive in time (each is logged at debug; this summary at most once a minute)"
         );
+    }
+}
+
+/// A connection's IO as actix's dispatcher sees it: lent, so the connection can take it back
+/// for a detached response.
+pub struct Lent(Rc<RefCell<Guarded<Stream>>>);
+
+impl Lent {
+    fn shared(&self) -> Option<Rc<Shared>> {
+        self.0.try_borrow().ok().map(|io| io.shared())
+    }
+
+    fn with<R>(
+        &self,
+        f: impl FnOnce(Pin<&mut Guarded<Stream>>) -> Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        match self.0.try_borrow_mut() {
+            Ok(mut io) => f(Pin::new(&mut *io)),
+            Err(_) => Poll::Ready(Err(std::io::Error::other("connection IO in use"))),
+        }
+    }
+}
+
+impl AsyncRead for Lent {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|io| io.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Lent {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.with(|io| io.poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.with(|io| io.poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.try_borrow().is_ok_and(|io| io.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|io| io.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.with(|io| io.poll_shutdown(cx))
     }
 }
 

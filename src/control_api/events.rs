@@ -393,11 +393,12 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
         registration,
         total_sent: state.events.clone(),
     };
-    Ok(HttpResponse::Ok()
+    let mut response = HttpResponse::Ok();
+    response
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(futures_util::stream::unfold(stream, Stream::next)))
+        .insert_header(("X-Accel-Buffering", "no"));
+    Ok(crate::conn::detach::respond(&req, response, futures_util::stream::unfold(stream, Stream::next)))
 }
 
 struct Stream {
@@ -412,14 +413,14 @@ struct Stream {
 }
 
 impl Stream {
-    async fn next(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, Self)> {
+    async fn next(mut self) -> Option<(Bytes, Self)> {
         if let Some(frame) = self.backlog.pop_front() {
-            return Some((Ok(frame), self));
+            return Some((frame, self));
         }
         loop {
             let rendered = tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
-                _ = self.keepalive.tick() => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), self)),
+                _ = self.keepalive.tick() => return Some((Bytes::from_static(b": keepalive\n\n"), self)),
                 r = self.rx.recv() => r?,
             };
             if rendered.id <= self.replayed_up_to {
@@ -429,7 +430,7 @@ impl Stream {
             if self.rx.is_empty() && rendered.named.is_none() {
                 if let Some(frame) = &rendered.message {
                     self.count_sent(1);
-                    return Some((Ok(frame.clone()), self));
+                    return Some((frame.clone(), self));
                 }
             }
             let mut out = Vec::new();
@@ -446,7 +447,7 @@ impl Stream {
                 continue;
             }
             self.count_sent(count);
-            return Some((Ok(Bytes::from(out)), self));
+            return Some((Bytes::from(out), self));
         }
     }
 

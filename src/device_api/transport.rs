@@ -123,10 +123,8 @@ pub async fn subscribe(
         batch_until: None,
         answered: false,
     };
-    Ok(response
-        .content_type("application/json")
-        .force_close()
-        .streaming(futures_util::stream::unfold(held, Chunks::next_chunk)))
+    response.content_type("application/json").force_close();
+    Ok(crate::conn::detach::respond(&req, response, futures_util::stream::unfold(held, Chunks::next_chunk)))
 }
 
 /// A held objects-dialect subscribe: one chunk per push.
@@ -143,10 +141,10 @@ impl Chunks {
     /// The next chunk, or `None` to end the response with the terminal chunk: right after an
     /// immediate answer (the device resubscribes with its new timestamps at once), at the hold
     /// timeout, 3 s after the last push, at shutdown, or when the hub ended this subscribe.
-    async fn next_chunk(mut self) -> Option<(Result<Bytes, std::convert::Infallible>, Self)> {
+    async fn next_chunk(mut self) -> Option<(Bytes, Self)> {
         if let Some(first) = self.first.take() {
             self.answered = true;
-            return Some((Ok(first), self));
+            return Some((first, self));
         }
         if self.answered {
             return None;
@@ -161,7 +159,7 @@ impl Chunks {
         let objects: Vec<WireObject<'_>> = pushed.iter().map(|(k, b)| WireObject::full(k, b)).collect();
         let chunk = Bytes::from(objects_document(&objects));
         self.batch_until = Some(Instant::now() + BATCH_WINDOW);
-        Some((Ok(chunk), self))
+        Some((chunk, self))
     }
 }
 

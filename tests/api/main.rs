@@ -7,6 +7,7 @@ mod cluster;
 mod commands;
 mod control;
 mod delivery;
+mod detached;
 mod events;
 mod exhaustion;
 mod helpers;

@@ -90,3 +90,25 @@ async fn a_missing_certificate_stops_start_up_with_a_clear_message() {
     let err = roost::Application::build(config).await.err().expect("start-up fails");
     assert!(format!("{err:#}").contains("fullchain.pem"), "{err:#}");
 }
+
+#[tokio::test]
+async fn a_held_subscribe_over_tls_gets_its_push_and_ends_with_close_notify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(tmp.path().join("fullchain.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(tmp.path().join("privkey.pem"), cert.signing_key.serialize_pem()).unwrap();
+    let app = TestApp::start(&[&format!("--cert-dir={}", tmp.path().display())]).await;
+    let client = tls_client(&app.device_url, &cert, &rustls::version::TLS12);
+    let mut t = roost::sim::Thermostat::new(client, SERIAL);
+    t.boot(20.0).await.unwrap();
+    t.subscribe_once().await.unwrap();
+    let (mut conn, head) = t.open_subscribe().await.unwrap();
+    assert_eq!(head.header("connection"), Some("close"));
+    app.command(SERIAL, "set_temperature", json!(19.5)).await;
+    let chunk = conn.next_chunk_within(WAIT).await.unwrap().expect("the push");
+    assert_eq!(chunk_json(&chunk)["objects"][0]["value"]["target_temperature"], json!(19.5));
+    assert_eq!(conn.next_chunk_within(WAIT).await.unwrap(), None, "the terminal chunk");
+    // A close without close_notify would be an error here (a truncation to the client).
+    let rest = tokio::time::timeout(WAIT, conn.read_until_closed()).await.expect("closed").unwrap();
+    assert!(rest.is_empty());
+}

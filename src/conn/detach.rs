@@ -1,0 +1,200 @@
+//! Detached responses: long-lived streaming bodies (held subscribes, event streams) that roost
+//! writes itself once actix has sent the response head. The connection's HTTP/1 dispatcher (its
+//! 8 KiB read and write buffers, the request, the service's state) is dropped at that point, so
+//! a held connection keeps only its socket and the body's own state, and each chunk costs one
+//! vectored write instead of a pass through the dispatcher.
+//!
+//! A handler returns [`respond`]; the body's first poll hands the stream to the connection,
+//! which takes the IO back as soon as the dispatcher has flushed the head (see `connection` in
+//! the parent module). The connection closes after the body ends (terminal chunk, FIN).
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use actix_http::body::{BodySize, MessageBody};
+use actix_web::http::{Method, Version};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::{LocalBoxStream, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::Shared;
+
+/// A streaming body to be written by the connection itself (each item one chunk), and how.
+pub type Chunks = (Framing, LocalBoxStream<'static, Bytes>);
+
+/// Answers with `builder`'s head and `body`, written by roost once the head is out; the
+/// connection closes after it (the head says so). HTTP/1.1 gets a chunked body; HTTP/1.0 a body
+/// that ends with the connection (actix would send it chunked, which HTTP/1.0 does not know).
+/// Without roost's connection layer, or for HEAD (no body), actix streams it as usual.
+pub fn respond(
+    req: &HttpRequest,
+    mut builder: HttpResponseBuilder,
+    body: impl Stream<Item = Bytes> + 'static,
+) -> HttpResponse {
+    let framing = match req.version() {
+        Version::HTTP_11 => Framing::Chunked,
+        Version::HTTP_10 => Framing::UntilClose,
+        _ => return builder.streaming(body.map(Ok::<_, std::convert::Infallible>)),
+    };
+    let shared = req.conn_data::<Rc<Shared>>().filter(|_| req.method() != Method::HEAD);
+    let Some(shared) = shared else {
+        return builder.streaming(body.map(Ok::<_, std::convert::Infallible>));
+    };
+    let mut response =
+        builder.force_close().body(Handover { shared: shared.clone(), body: Some((framing, body.boxed_local())) });
+    response.head_mut().no_chunking(framing == Framing::UntilClose);
+    response
+}
+
+/// How a detached body is delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Chunked,
+    /// The body ends when the connection does (HTTP/1.0).
+    UntilClose,
+}
+
+/// The body actix sees: on its first poll it hands the real body to the connection and never
+/// yields (the connection drops the dispatcher, and this with it, once the head is flushed).
+struct Handover {
+    shared: Rc<Shared>,
+    body: Option<Chunks>,
+}
+
+impl MessageBody for Handover {
+    type Error = std::convert::Infallible;
+
+    fn size(&self) -> BodySize {
+        BodySize::Stream
+    }
+
+    fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.get_mut();
+        if let Some(body) = this.body.take() {
+            this.shared.detach(body);
+        }
+        Poll::Pending
+    }
+}
+
+/// Writes `body` on `io` as `framing` says (chunked: then the terminal chunk); stops early when
+/// the peer closes or a write fails. What the peer sends meanwhile is read and discarded.
+pub(super) async fn stream<T: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut T,
+    (framing, mut body): Chunks,
+) -> io::Result<()> {
+    loop {
+        let next = tokio::select! {
+            biased;
+            next = body.next() => next,
+            gone = peer_gone(io) => return gone,
+        };
+        match next {
+            Some(chunk) if chunk.is_empty() => {}
+            Some(chunk) if framing == Framing::UntilClose => io.write_all(&chunk).await?,
+            Some(chunk) => write_chunk(io, &chunk).await?,
+            None if framing == Framing::UntilClose => return Ok(()),
+            None => {
+                io.write_all(b"0\r\n\r\n").await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// One chunk in one vectored write when the socket takes it whole: size line, data, CRLF.
+async fn write_chunk<T: AsyncWrite + Unpin>(io: &mut T, data: &[u8]) -> io::Result<()> {
+    let mut line = [0u8; 18];
+    let len = size_line(data.len(), &mut line);
+    let mut parts = [IoSlice::new(&line[..len]), IoSlice::new(data), IoSlice::new(b"\r\n")];
+    let mut parts = &mut parts[..];
+    while !parts.is_empty() {
+        let n = io.write_vectored(parts).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut parts, n);
+    }
+    Ok(())
+}
+
+/// `len` in hex followed by CRLF, into `out`; returns the length written.
+fn size_line(len: usize, out: &mut [u8; 18]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in out[..digits].iter_mut().enumerate() {
+        *slot = HEX[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// Resolves when the peer has closed (or the connection failed); discards what it sends.
+async fn peer_gone<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<()> {
+    let mut scratch = [0u8; 32];
+    std::future::poll_fn(|cx| {
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+            }
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[test]
+    fn size_lines_are_lower_case_hex() {
+        let mut out = [0u8; 18];
+        for (len, text) in
+            [(0, "0\r\n"), (9, "9\r\n"), (26, "1a\r\n"), (4096, "1000\r\n"), (usize::MAX, "ffffffffffffffff\r\n")]
+        {
+            let n = size_line(len, &mut out);
+            assert_eq!(std::str::from_utf8(&out[..n]).unwrap(), text);
+        }
+    }
+
+    #[tokio::test]
+    async fn chunks_then_the_terminal_chunk() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let body =
+            futures_util::stream::iter([Bytes::from_static(b"hello"), Bytes::new(), Bytes::from(vec![b'x'; 17])]);
+        stream(&mut server, (Framing::Chunked, body.boxed_local())).await.unwrap();
+        drop(server);
+        let mut seen = String::new();
+        client.read_to_string(&mut seen).await.unwrap();
+        assert_eq!(seen, format!("5\r\nhello\r\n11\r\n{}\r\n0\r\n\r\n", "x".repeat(17)));
+    }
+
+    #[tokio::test]
+    async fn until_close_framing_writes_the_bytes_alone() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let body = futures_util::stream::iter([Bytes::from_static(b"{\"a\":"), Bytes::from_static(b"1}")]);
+        stream(&mut server, (Framing::UntilClose, body.boxed_local())).await.unwrap();
+        drop(server);
+        let mut seen = String::new();
+        client.read_to_string(&mut seen).await.unwrap();
+        assert_eq!(seen, "{\"a\":1}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_closes_ends_the_body_early() {
+        let (client, mut server) = tokio::io::duplex(1024);
+        drop(client);
+        let forever = futures_util::stream::pending::<Bytes>();
+        stream(&mut server, (Framing::Chunked, forever.boxed_local())).await.unwrap();
+    }
+}
