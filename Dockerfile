@@ -3,6 +3,8 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The simulator's benchmarks embed a recorded full-state upload.
+COPY tests/fixtures ./tests/fixtures
 COPY migrations ./migrations
 COPY build.rs ./build.rs
 RUN cargo build --release --locked

@@ -25,10 +25,18 @@ pub struct PutArgs {
 
 #[derive(Args)]
 pub struct HoldArgs {
+    /// Device port URL (`https://` speaks TLS 1.2 as the firmware does, trusting any certificate).
     #[arg(long, default_value = "http://127.0.0.1:8000")]
     pub url: String,
+    /// Subscribes held at once.
     #[arg(long, default_value_t = 10_000)]
     pub count: usize,
+    /// Thermostats the subscribes belong to (default: one per subscribe, as in a real fleet).
+    #[arg(long)]
+    pub serials: Option<usize>,
+    /// State of the simulator's few fields instead of a real thermostat's full upload.
+    #[arg(long)]
+    pub small_state: bool,
     /// The server's process id, to read its resident memory from /proc.
     #[arg(long)]
     pub server_pid: u32,
@@ -37,17 +45,79 @@ pub struct HoldArgs {
     pub control_url: String,
 }
 
-/// A subscribe listing everything the server holds for `serial` as already known, so the
-/// server holds it instead of answering.
-fn held_subscribe(serial: &str, chunked: bool) -> Request {
+/// A client for a device-port URL: TLS 1.2 for `https://` (any certificate), else plain.
+pub fn device_client(url: &str) -> anyhow::Result<Client> {
+    Ok(Client::for_url(url, || crate::http_client::trust_any_server_with(&[&rustls::version::TLS12]))?)
+}
+
+/// A subscribe listing `keys` as already known (far-future timestamps), so the server holds it
+/// instead of answering.
+fn held_subscribe(serial: &str, keys: &[String], chunked: bool) -> Request {
     let far = 9_999_999_999_999i64;
     let objects: Vec<serde_json::Value> =
-        [format!("device.{serial}"), "user.homeassistant".into(), "structure.homeassistant".into()]
-            .into_iter()
-            .map(|k| json!({"object_key": k, "object_revision": 1, "object_timestamp": far}))
-            .collect();
+        keys.iter().map(|k| json!({"object_key": k, "object_revision": 1, "object_timestamp": far})).collect();
     let body = json!({"chunked": chunked, "session": format!("18b430aabbcc{serial}"), "objects": objects});
     Request::post("/nest/transport/v7/subscribe").basic_auth(&format!("d.{serial}.bench"), "pw").json(&body)
+}
+
+/// What a thermostat of the benchmark holds: its own buckets, and the user and structure an
+/// open-mode server gives it.
+fn bench_keys(serial: &str, full: bool) -> Vec<String> {
+    let mut keys: Vec<String> = if full {
+        super::fixture::full_state(serial).into_iter().map(|(k, _)| k).collect()
+    } else {
+        vec![format!("device.{serial}")]
+    };
+    keys.extend(["user.homeassistant".to_string(), "structure.homeassistant".to_string()]);
+    keys
+}
+
+/// The boot upload of a benchmark thermostat: the recorded full state, or one small bucket.
+fn boot_request(serial: &str, full: bool) -> Request {
+    if !full {
+        return put_request(serial, 0);
+    }
+    let objects: Vec<serde_json::Value> = super::fixture::full_state(serial)
+        .into_iter()
+        .map(|(k, v)| json!({"object_key": k, "base_object_revision": 0, "value": v}))
+        .collect();
+    Request::post("/nest/transport/v7/put")
+        .basic_auth(&format!("d.{serial}.bench"), "pw")
+        .header("Connection", "keep-alive")
+        .json(&json!({"session": format!("18b430aabbcc{serial}"), "objects": objects}))
+}
+
+/// Boots `serials` thermostats (their upload, then the first subscribe that carries user and
+/// structure) over a few keep-alive connections.
+async fn boot_fleet(client: &Client, serials: usize, full: bool) -> anyhow::Result<()> {
+    const CONNECTIONS: usize = 16;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS.min(serials) {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = client.connect().await?;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= serials {
+                    return anyhow::Ok(());
+                }
+                let serial = sim_serial(i + 1);
+                let r = conn.roundtrip(&boot_request(&serial, full)).await?;
+                anyhow::ensure!(
+                    r.status() == 200,
+                    "the upload of {serial} was answered {} (is MAX_DEVICES at least {serials}?): {}",
+                    r.status(),
+                    String::from_utf8_lossy(&r.body)
+                );
+                conn.roundtrip(&held_subscribe(&serial, &bench_keys(&serial, full), false)).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.context("boot task")??;
+    }
+    Ok(())
 }
 
 fn put_request(serial: &str, n: u64) -> Request {
@@ -125,28 +195,38 @@ fn rss_kib(pid: u32) -> anyhow::Result<u64> {
         .context("no VmRSS in /proc status")
 }
 
-/// Opens `count` subscribes that the server holds, then prints the server's memory per hold.
+/// Opens `count` subscribes that the server holds, then prints the server's memory per hold
+/// (and, apart, what the thermostats' state costs).
 pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.url)?;
-    // Give each serial current state first, so its subscribe is held rather than answered.
-    let serials = (args.count / 10).max(1);
-    let mut conn = client.connect().await?;
-    for i in 0..serials {
-        let serial = sim_serial(i + 1);
-        conn.roundtrip(&put_request(&serial, 0)).await?;
-        // The first subscribe after a start always carries the structure; take it here.
-        conn.roundtrip(&held_subscribe(&serial, false)).await?;
-    }
+    let client = device_client(&args.url)?;
+    let full = !args.small_state;
+    let serials = args.serials.unwrap_or(args.count).clamp(1, args.count.max(1));
+    let empty = rss_kib(args.server_pid)?;
+    boot_fleet(&client, serials, full).await?;
     let before = rss_kib(args.server_pid)?;
-    let mut held = Vec::with_capacity(args.count);
     let started = Instant::now();
-    for i in 0..args.count {
-        let serial = sim_serial((i % serials) + 1);
-        let mut c = client.connect().await.with_context(|| format!("opening connection {i}"))?;
-        c.send_request(&held_subscribe(&serial, true)).await?;
-        let head = c.read_head().await?;
-        anyhow::ensure!(head.status == 200, "subscribe {i} answered {}", head.status);
-        held.push(c);
+    // A few at a time: a TLS handshake costs the server far more than a plain connect.
+    const OPENING: usize = 32;
+    let mut tasks = Vec::new();
+    for w in 0..OPENING.min(args.count) {
+        let client = client.clone();
+        let (count, full) = (args.count, full);
+        tasks.push(tokio::spawn(async move {
+            let mut held = Vec::new();
+            for i in (w..count).step_by(OPENING) {
+                let serial = sim_serial((i % serials) + 1);
+                let mut c = client.connect().await.with_context(|| format!("opening connection {i}"))?;
+                c.send_request(&held_subscribe(&serial, &bench_keys(&serial, full), true)).await?;
+                let head = c.read_head().await?;
+                anyhow::ensure!(head.status == 200, "subscribe {i} answered {}", head.status);
+                held.push(c);
+            }
+            anyhow::Ok(held)
+        }));
+    }
+    let mut held = Vec::with_capacity(args.count);
+    for t in tasks {
+        held.extend(t.await.context("hold task")??);
     }
     let opened = started.elapsed();
     let stats = Client::new(&args.control_url)?.send(&Request::get("/api/stats")).await?.json()?;
@@ -154,9 +234,15 @@ pub async fn hold(args: HoldArgs) -> anyhow::Result<()> {
     anyhow::ensure!(held_now as usize >= args.count, "only {held_now} of {} subscribes are held", args.count);
     let after = rss_kib(args.server_pid)?;
     let per = (after.saturating_sub(before)) as f64 / args.count as f64;
+    let state = (before.saturating_sub(empty)) as f64 / serials as f64;
     println!(
-        "bench-hold: {} held subscribes ({held_now} confirmed held) opened in {:.1} s; server RSS {} KiB -> {} KiB: {:.2} KiB per held subscribe",
+        "bench-hold: {serials} thermostats ({} state) took {empty} KiB -> {before} KiB of server RSS: {state:.2} KiB each",
+        if full { "real-size" } else { "small" },
+    );
+    println!(
+        "bench-hold: {} held subscribes ({held_now} confirmed held{}) opened in {:.1} s; server RSS {} KiB -> {} KiB: {:.2} KiB per held subscribe",
         args.count,
+        if client.is_tls() { ", TLS" } else { "" },
         opened.as_secs_f64(),
         before,
         after,
@@ -201,13 +287,13 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
     let serial = sim_serial(1);
     device.connect().await?.roundtrip(&put_request(&serial, 0)).await?;
     // The first subscribe after a start carries user and structure; take it.
-    device.connect().await?.roundtrip(&held_subscribe(&serial, false)).await?;
+    device.connect().await?.roundtrip(&held_subscribe(&serial, &bench_keys(&serial, false), false)).await?;
 
     // Command to held subscribe.
     let mut to_subscribe = Vec::new();
     for i in 0..args.commands {
         let mut held = device.connect().await?;
-        held.send_request(&held_subscribe(&serial, true)).await?;
+        held.send_request(&held_subscribe(&serial, &bench_keys(&serial, false), true)).await?;
         anyhow::ensure!(held.read_head().await?.status == 200, "subscribe refused");
         let sent = Instant::now();
         let r = control.send(&command_request(&serial, 15.0 + i as f64 / 10.0)).await?;

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cli;
 pub mod device;
+pub mod fixture;
 pub mod observe;
 pub mod v3;
 
