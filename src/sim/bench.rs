@@ -73,7 +73,7 @@ fn bench_keys(serial: &str, full: bool) -> Vec<String> {
 }
 
 /// The boot upload of a benchmark thermostat: the recorded full state, or one small bucket.
-fn boot_request(serial: &str, full: bool) -> Request {
+pub(super) fn boot_request(serial: &str, full: bool) -> Request {
     if !full {
         return put_request(serial, 0);
     }
@@ -184,7 +184,7 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(super) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
@@ -268,7 +268,7 @@ pub struct SseArgs {
     pub server_pid: Option<u32>,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -276,7 +276,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn command_request(serial: &str, target: f64) -> Request {
+pub(super) fn command_request(serial: &str, target: f64) -> Request {
     Request::post("/command").json(&json!({"serial": serial, "command": "set_temperature", "value": target}))
 }
 

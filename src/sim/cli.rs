@@ -39,6 +39,8 @@ pub enum SimMode {
     BenchHold(bench::HoldArgs),
     /// Event-stream fan-out latency to many streams, and command-to-subscribe latency.
     BenchSse(bench::SseArgs),
+    /// A whole fleet for minutes: held subscribes, spread PUTs, commands and event streams.
+    Fleet(super::fleet::FleetArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -62,6 +64,7 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         SimMode::BenchPut(a) => bench::put(a).await,
         SimMode::BenchHold(a) => bench::hold(a).await,
         SimMode::BenchSse(a) => bench::sse(a).await,
+        SimMode::Fleet(a) => super::fleet::fleet(a).await,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod device;
 pub mod fixture;
+pub mod fleet;
 pub mod observe;
 pub mod v3;
 
