@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Benchmarks this tree against a baseline built in the same run, the server pinned to CPU 0 and
+# the load generator (always this tree's `roost sim`) to CPU 1.
+#
+#   scripts/bench.sh [BASE_REF]          # default BASE_REF: main
+#
+# Environment: BENCH_DIR (scratch, default /tmp/roost-bench), ROUNDS (default 2: base, new,
+# base, new), HOLD (held subscribes, default 10000), SKIP_BUILD=1 (reuse the binaries in
+# BENCH_DIR), FLEET_MINUTES (if set, also runs `sim fleet` for that long against this tree).
+# Figures on a shared machine are noisy: compare the two columns of one run, not across runs.
+set -euo pipefail
+
+BASE_REF=${1:-main}
+BENCH_DIR=${BENCH_DIR:-/tmp/roost-bench}
+ROUNDS=${ROUNDS:-2}
+HOLD=${HOLD:-10000}
+DEVICE_PORT=${DEVICE_PORT:-18000}
+CONTROL_PORT=${CONTROL_PORT:-18082}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+mkdir -p "$BENCH_DIR"
+
+if [[ -z ${SKIP_BUILD:-} ]]; then
+    # The baseline is built from a plain export of BASE_REF, sharing this tree's target
+    # directory for the dependencies (only roost itself is compiled twice).
+    rm -rf "$BENCH_DIR/base-src" && mkdir -p "$BENCH_DIR/base-src"
+    git -C "$ROOT" archive "$BASE_REF" | tar -x -C "$BENCH_DIR/base-src"
+    (cd "$BENCH_DIR/base-src" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet)
+    cp "$TARGET/release/roost" "$BENCH_DIR/roost-base"
+    (cd "$ROOT" && cargo build --release --quiet)
+    cp "$TARGET/release/roost" "$BENCH_DIR/roost-new"
+fi
+SIM="taskset -c 1 $BENCH_DIR/roost-new sim"
+
+if [[ ! -f $BENCH_DIR/cert/fullchain.pem ]]; then
+    mkdir -p "$BENCH_DIR/cert"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=localhost \
+        -keyout "$BENCH_DIR/cert/privkey.pem" -out "$BENCH_DIR/cert/fullchain.pem" 2>/dev/null
+fi
+
+PID=
+start_server() { # binary [tls]
+    rm -rf "$BENCH_DIR/data" && mkdir -p "$BENCH_DIR/data"
+    local cert=()
+    [[ ${2:-} == tls ]] && cert=(env CERT_DIR="$BENCH_DIR/cert")
+    "${cert[@]}" env SERVER_HOST=127.0.0.1 SERVER_PORT=$DEVICE_PORT CONTROL_HOST=127.0.0.1 CONTROL_PORT=$CONTROL_PORT \
+        SQLITE3_DB_PATH="$BENCH_DIR/data/db.sqlite" SSE_MAX_CLIENTS=20000 MAX_DEVICES=20000 RUST_LOG=warn \
+        taskset -c 0 "$1" >"$BENCH_DIR/server.log" 2>&1 &
+    PID=$!
+    for _ in $(seq 100); do
+        curl -sf http://127.0.0.1:$CONTROL_PORT/health >/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server did not start:" && cat "$BENCH_DIR/server.log" && exit 1
+}
+stop_server() {
+    kill "$PID" && wait "$PID" 2>/dev/null || true
+}
+trap 'stop_server 2>/dev/null || true' EXIT
+
+URL=http://127.0.0.1:$DEVICE_PORT
+CONTROL=http://127.0.0.1:$CONTROL_PORT
+run() { # label binary
+    local label=$1 bin=$2
+    start_server "$bin"
+    echo "== $label: bench-hold, $HOLD thermostats, real-size state, plain HTTP"
+    $SIM bench-hold --url $URL --control-url $CONTROL --count "$HOLD" --server-pid "$PID"
+    stop_server
+    start_server "$bin" tls
+    echo "== $label: bench-hold, $HOLD thermostats, real-size state, TLS 1.2"
+    $SIM bench-hold --url https://127.0.0.1:$DEVICE_PORT --control-url $CONTROL --count "$HOLD" --server-pid "$PID"
+    stop_server
+    for streams in 1000 10000; do
+        start_server "$bin"
+        echo "== $label: bench-sse, $streams streams"
+        $SIM bench-sse --url $URL --control-url $CONTROL --streams $streams --commands 20 --server-pid "$PID"
+        stop_server
+    done
+}
+
+for round in $(seq "$ROUNDS"); do
+    echo "#### round $round (base: $BASE_REF at $(git -C "$ROOT" rev-parse --short "$BASE_REF"), new: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet || echo ' + uncommitted'))"
+    run "base" "$BENCH_DIR/roost-base"
+    run "new" "$BENCH_DIR/roost-new"
+done
+
+if [[ -n ${FLEET_MINUTES:-} ]]; then
+    start_server "$BENCH_DIR/roost-new"
+    echo "== new: fleet, 10000 thermostats, 200 streams, $FLEET_MINUTES minutes"
+    $SIM fleet --url $URL --control-url $CONTROL --thermostats 10000 --streams 200 --minutes "$FLEET_MINUTES" --server-pid "$PID"
+    stop_server
+fi
