@@ -39,11 +39,13 @@ if [[ ! -f $BENCH_DIR/cert/fullchain.pem ]]; then
 fi
 
 PID=
-start_server() { # binary [tls]
+start_server() { # binary [tls|streams]
     rm -rf "$BENCH_DIR/data" && mkdir -p "$BENCH_DIR/data"
-    local cert=()
-    [[ ${2:-} == tls ]] && cert=(env CERT_DIR="$BENCH_DIR/cert")
-    "${cert[@]}" env SERVER_HOST=127.0.0.1 SERVER_PORT=$DEVICE_PORT CONTROL_HOST=127.0.0.1 CONTROL_PORT=$CONTROL_PORT \
+    local extra=(env)
+    [[ ${2:-} == tls ]] && extra+=(CERT_DIR="$BENCH_DIR/cert")
+    # 10,000 event streams need more than the control port's default share of descriptors.
+    [[ ${2:-} == streams ]] && extra+=(CONTROL_MAX_CONNECTIONS=10500)
+    "${extra[@]}" env SERVER_HOST=127.0.0.1 SERVER_PORT=$DEVICE_PORT CONTROL_HOST=127.0.0.1 CONTROL_PORT=$CONTROL_PORT \
         SQLITE3_DB_PATH="$BENCH_DIR/data/db.sqlite" SSE_MAX_CLIENTS=20000 MAX_DEVICES=20000 RUST_LOG=warn \
         taskset -c 0 "$1" >"$BENCH_DIR/server.log" 2>&1 &
     PID=$!
@@ -71,7 +73,7 @@ run() { # label binary
     $SIM bench-hold --url https://127.0.0.1:$DEVICE_PORT --control-url $CONTROL --count "$HOLD" --server-pid "$PID"
     stop_server
     for streams in 1000 10000; do
-        start_server "$bin"
+        start_server "$bin" streams
         echo "== $label: bench-sse, $streams streams"
         $SIM bench-sse --url $URL --control-url $CONTROL --streams $streams --commands 20 --server-pid "$PID"
         stop_server
