@@ -163,9 +163,12 @@ pub async fn subscribe(
                 if Box::pin(held.next_push(deadline)).await.is_some() {
                     tracing::debug!(serial = %held.serial(), "v3 hold woken: empty body");
                 }
-                None::<(Result<Bytes, std::convert::Infallible>, _)>
+                None::<(Bytes, _)>
             });
-            Ok(v3_ok(&state, shape).force_close().streaming(body))
+            // Written by the connection layer once the headers are out (src/conn/detach.rs).
+            let mut response = v3_ok(&state, shape);
+            response.force_close();
+            Ok(crate::conn::detach::respond(&req, response, body))
         }
         Hold::Withheld => {
             let mut held = held;
