@@ -83,10 +83,15 @@ impl MessageBody for Handover {
 
 /// Writes `body` on `io` as `framing` says (chunked: then the terminal chunk); stops early when
 /// the peer closes or a write fails. What the peer sends meanwhile is read and discarded.
+///
+/// Flushed at the start and after each chunk: a TLS stream accepts bytes it cannot send yet
+/// (the head, when the dispatcher's flush was still pending, or a chunk) and sends them only
+/// when written to or flushed again, and a held body may not write again for minutes.
 pub(super) async fn stream<T: AsyncRead + AsyncWrite + Unpin>(
     io: &mut T,
     (framing, mut body): Chunks,
 ) -> io::Result<()> {
+    io.flush().await?;
     loop {
         let next = tokio::select! {
             biased;
@@ -95,8 +100,13 @@ pub(super) async fn stream<T: AsyncRead + AsyncWrite + Unpin>(
         };
         match next {
             Some(chunk) if chunk.is_empty() => {}
-            Some(chunk) if framing == Framing::UntilClose => io.write_all(&chunk).await?,
-            Some(chunk) => write_chunk(io, &chunk).await?,
+            Some(chunk) => {
+                match framing {
+                    Framing::UntilClose => io.write_all(&chunk).await?,
+                    Framing::Chunked => write_chunk(io, &chunk).await?,
+                }
+                io.flush().await?;
+            }
             None if framing == Framing::UntilClose => return Ok(()),
             None => {
                 io.write_all(b"0\r\n\r\n").await?;
@@ -154,6 +164,7 @@ async fn peer_gone<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
     use tokio::io::AsyncReadExt;
 
     #[test]
@@ -188,6 +199,46 @@ mod tests {
         let mut seen = String::new();
         client.read_to_string(&mut seen).await.unwrap();
         assert_eq!(seen, "{\"a\":1}");
+    }
+
+    /// A writer like a TLS stream: what is written is only sent when flushed.
+    #[derive(Default)]
+    struct Buffering {
+        unsent: Vec<u8>,
+        sent: Vec<u8>,
+    }
+
+    impl AsyncRead for Buffering {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    impl AsyncWrite for Buffering {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.get_mut().unsent.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.sent.append(&mut this.unsent);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn what_was_written_before_and_each_chunk_are_flushed_while_the_body_waits() {
+        let mut io = Buffering { unsent: b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), sent: Vec::new() };
+        let body = futures_util::stream::iter([Bytes::from_static(b"push")]).chain(futures_util::stream::pending());
+        let waiting = stream(&mut io, (Framing::Chunked, body.boxed_local())).now_or_never();
+        assert!(waiting.is_none(), "the body is still open");
+        assert_eq!(io.sent, b"HTTP/1.1 200 OK\r\n\r\n4\r\npush\r\n");
+        assert!(io.unsent.is_empty());
     }
 
     #[tokio::test]
