@@ -13,7 +13,7 @@ use super::{Admission, Caller, Gated, admit, arrived, header, identify, serial_r
 use crate::AppState;
 use crate::body::{MAX_BODY, read_limited};
 use crate::domain::bucket::{Entry, WireObject, carries_setpoint, objects_document};
-use crate::domain::device_body::{self, Subscribe};
+use crate::domain::device_body;
 use crate::domain::key;
 use crate::domain::sync::{
     BATCH_WINDOW, Batch, Buckets, ListingRequest, Outcome, PutReply, PutRequest, Scope, SentRequest, SubscribeReply,
@@ -27,11 +27,31 @@ const SESSION_HEADER: &str = "x-nl-session-id";
 
 /// A subscribe body and who sent it (the body's `session`, else `X-nl-session-id`, names the
 /// device when the Basic user is a MAC).
-pub(super) async fn read_subscribe(req: &HttpRequest, payload: web::Payload) -> Result<(Subscribe, Caller), ApiError> {
+/// A subscribe body read, its sender admitted and recorded as arrived: the plan request both
+/// dialects start from (each sets its own scope and batch), and whether it asked to be held.
+pub(super) async fn admitted_subscribe(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    scope: Scope,
+    batch: Batch,
+) -> Result<(SubscribeRequest, bool), ApiError> {
     let body = read_limited(payload, MAX_BODY).await?;
     let parsed = device_body::subscribe(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let caller = identify(req, parsed.session(header(req, SESSION_HEADER))).ok_or_else(serial_required)?;
-    Ok((parsed, caller))
+    let admission = admit(state, &caller, Gated::Subscribe).await?;
+    let owner = arrived(state, &caller).await?;
+    let long_poll = parsed.long_poll();
+    let request = SubscribeRequest {
+        serial: caller.serial,
+        listed: parsed.listed,
+        owner,
+        read_only: matches!(admission, Admission::ReadOnly),
+        weave_device_id: weave_id(req),
+        scope,
+        batch,
+    };
+    Ok((request, long_poll))
 }
 
 /// A PUT body's entries and who sent them.
@@ -83,23 +103,11 @@ pub async fn subscribe(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (parsed, caller) = read_subscribe(&req, payload).await?;
-    let admission = admit(&state, &caller, Gated::Subscribe).await?;
-    let owner = arrived(&state, &caller).await?;
-    let serial = caller.serial;
-    let long_poll = parsed.long_poll();
+    let (request, long_poll) = admitted_subscribe(&req, payload, &state, Scope::WithPairing, Batch::All).await?;
+    let serial = request.serial.clone();
 
     // Registered before the state is read, so a change committed from here on is not missed.
     let subscription = long_poll.then(|| state.store.hub().subscribe(&serial));
-    let request = SubscribeRequest {
-        serial: serial.clone(),
-        listed: parsed.listed,
-        owner,
-        read_only: matches!(admission, Admission::ReadOnly),
-        weave_device_id: weave_id(&req),
-        scope: Scope::WithPairing,
-        batch: Batch::All,
-    };
     let SubscribeReply { send, hold, .. } = state.store.commit(&serial, request).await?.reply;
 
     let objects: Vec<WireObject<'_>> = send.iter().map(|(k, b)| WireObject::full(k, b)).collect();

@@ -10,11 +10,11 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::held::Held;
-use super::transport::{listed_buckets, listing_caller, log_put, put_request, read_put, read_subscribe, weave_id};
+use super::transport::{admitted_subscribe, listed_buckets, listing_caller, log_put, put_request, read_put};
 use super::{Admission, Gated, admit, arrived, header, transport_ok};
 use crate::AppState;
 use crate::domain::bucket::{Bucket, Fields};
-use crate::domain::sync::{Batch, EntryRequest, Outcome, Scope, SentRequest, SubscribeReply, SubscribeRequest};
+use crate::domain::sync::{Batch, EntryRequest, Outcome, Scope, SentRequest, SubscribeReply};
 use crate::domain::v3::profile::{Hold, ListingShape, VersionSource, speaks_v3};
 use crate::domain::v3::render::{self, Receipt};
 use crate::domain::v3::{Profile, Shape};
@@ -128,24 +128,14 @@ pub async fn subscribe(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (parsed, caller) = read_subscribe(&req, payload).await?;
-    let admission = admit(&state, &caller, Gated::Subscribe).await?;
-    let owner = arrived(&state, &caller).await?;
-    let serial = caller.serial;
+    let (mut request, _) = admitted_subscribe(&req, payload, &state, Scope::Listed, Batch::One).await?;
+    // A key that cannot be a header value could never be answered.
+    request.listed.retain(|l| render::fits_header(&l.key));
+    let serial = request.serial.clone();
     let shape = profile_of(&state, &req, &serial).await.shape();
 
     // Registered before the state is read, so a change committed from here on is not missed.
     let subscription = state.store.hub().subscribe(&serial);
-    let request = SubscribeRequest {
-        serial: serial.clone(),
-        // A key that cannot be a header value could never be answered.
-        listed: parsed.listed.into_iter().filter(|l| render::fits_header(&l.key)).collect(),
-        owner,
-        read_only: matches!(admission, Admission::ReadOnly),
-        weave_device_id: weave_id(&req),
-        scope: Scope::Listed,
-        batch: Batch::One,
-    };
     let SubscribeReply { send, more, hold } = state.store.commit(&serial, request).await?.reply;
     if let Some((key, bucket)) = send.first() {
         tracing::debug!(%serial, object_key = %key, more, "v3 subscribe answered with a bucket");
