@@ -20,13 +20,20 @@ fn tls_client(
     Client::with_tls(url, Arc::new(config), "localhost").unwrap()
 }
 
-#[tokio::test]
-async fn the_device_port_serves_tls_1_2_and_1_3_with_the_certificates_in_cert_dir() {
+/// A roost serving TLS on its device port with a fresh self-signed certificate for `localhost`
+/// (the directory holds the certificate files for as long as the test runs).
+async fn tls_app() -> (TestApp, rcgen::CertifiedKey<rcgen::KeyPair>, tempfile::TempDir) {
     let tmp = tempfile::tempdir().unwrap();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
     std::fs::write(tmp.path().join("fullchain.pem"), cert.cert.pem()).unwrap();
     std::fs::write(tmp.path().join("privkey.pem"), cert.signing_key.serialize_pem()).unwrap();
     let app = TestApp::start(&[&format!("--cert-dir={}", tmp.path().display())]).await;
+    (app, cert, tmp)
+}
+
+#[tokio::test]
+async fn the_device_port_serves_tls_1_2_and_1_3_with_the_certificates_in_cert_dir() {
+    let (app, cert, _tmp) = tls_app().await;
     assert!(app.device_url.starts_with("https://"));
     for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
         let client = tls_client(&app.device_url, &cert, version);
@@ -53,11 +60,7 @@ async fn a_4_3_3_thermostat_that_corrupts_its_keys_works_over_tls() {
     use roost::sim::V3Thermostat;
     use roost::sim::v3::{Answer, Firmware};
 
-    let tmp = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(tmp.path().join("fullchain.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(tmp.path().join("privkey.pem"), cert.signing_key.serialize_pem()).unwrap();
-    let app = TestApp::start(&[&format!("--cert-dir={}", tmp.path().display())]).await;
+    let (app, cert, _tmp) = tls_app().await;
     let client = tls_client(&app.device_url, &cert, &rustls::version::TLS12);
     // Its listing path is a four-token request line, repaired behind TLS.
     let t = V3Thermostat::new(client, SERIAL, Firmware::V43).with_corrupted_keys();
@@ -93,11 +96,7 @@ async fn a_missing_certificate_stops_start_up_with_a_clear_message() {
 
 #[tokio::test]
 async fn a_held_subscribe_over_tls_gets_its_push_and_ends_with_close_notify() {
-    let tmp = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-    std::fs::write(tmp.path().join("fullchain.pem"), cert.cert.pem()).unwrap();
-    std::fs::write(tmp.path().join("privkey.pem"), cert.signing_key.serialize_pem()).unwrap();
-    let app = TestApp::start(&[&format!("--cert-dir={}", tmp.path().display())]).await;
+    let (app, cert, _tmp) = tls_app().await;
     let client = tls_client(&app.device_url, &cert, &rustls::version::TLS12);
     let mut t = roost::sim::Thermostat::new(client, SERIAL);
     t.boot(20.0).await.unwrap();
