@@ -555,8 +555,22 @@ async fn home_assistant_cases_from_the_first_hour(broker: Broker) {
     // The eco switch does the same as the eco preset.
     rec.publish(&ha(SERIAL, "eco_mode/set"), "ON").await;
     rec.wait_payload(&ha(SERIAL, "preset"), "eco").await;
+    let from = rec.position();
     rec.publish(&ha(SERIAL, "eco_mode/set"), "OFF").await;
     rec.wait_payload(&ha(SERIAL, "preset"), "home").await;
+    // The thermostat confirms eco off before it changes eco itself: a push still on its way
+    // would otherwise land after its own change and undo it.
+    rec.wait_for("eco off confirmed by the thermostat", |l| {
+        let attributes = ha(SERIAL, "attributes");
+        let pending_eco: Vec<bool> = l.messages[from..]
+            .iter()
+            .filter(|(topic, _)| *topic == attributes)
+            .filter_map(|(_, payload)| serde_json::from_str::<serde_json::Value>(payload).ok())
+            .map(|a| a["pending"]["fields"].get("eco").is_some())
+            .collect();
+        pending_eco.contains(&true) && pending_eco.last() == Some(&false)
+    })
+    .await;
 
     // Eco started on the thermostat: manual eco reads eco, auto-eco (nobody home) reads away.
     t.set_local("device", json!({"eco": {"mode": "auto-eco", "leaf": true}})).await.unwrap();
