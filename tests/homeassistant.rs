@@ -121,12 +121,27 @@ impl HomeAssistant {
     }
 
     /// Waits until the entity's state satisfies `cond`; returns it.
+    /// Waits until `entity`'s state satisfies `cond`; a failure shows the state last seen.
     async fn wait(&self, entity: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-        self.until(&format!("{entity}: {what}"), SETTLE, || async {
-            let s = self.state(entity).await;
-            cond(&s).then_some(s)
-        })
-        .await
+        let last = std::sync::Mutex::new(Value::Null);
+        let found = tokio::time::timeout(
+            SETTLE,
+            self.until(&format!("{entity}: {what}"), SETTLE + Duration::from_secs(1), || async {
+                let s = self.state(entity).await;
+                let ok = cond(&s);
+                *last.lock().unwrap() = s.clone();
+                ok.then_some(s)
+            }),
+        )
+        .await;
+        match found {
+            Ok(s) => s,
+            Err(_) => panic!(
+                "Home Assistant: {entity}: {what} did not happen within {SETTLE:?}; last state: {}\n{}",
+                last.lock().unwrap(),
+                self.log_tail()
+            ),
+        }
     }
 
     async fn call(&self, domain: &str, service: &str, data: Value) {

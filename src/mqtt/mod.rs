@@ -455,6 +455,9 @@ async fn run_runtime(state: web::Data<AppState>, tx: mpsc::Sender<(String, Stage
     }
 }
 
+/// How long after a re-sent discovery config a thermostat's state is sent once more.
+const RESETTLE: Duration = Duration::from_secs(2);
+
 /// Decides what to publish and holds what is waiting for the broker.
 struct Publisher {
     naming: Naming,
@@ -468,6 +471,8 @@ struct Publisher {
     runtime: HashMap<String, Stages>,
     /// Topics whose payload was too large, warned about once.
     oversized: HashSet<String>,
+    /// Thermostats whose discovery config was re-sent, and when their state goes out once more.
+    resettle: HashMap<String, tokio::time::Instant>,
     connected: bool,
     link_up: Arc<AtomicBool>,
     /// The queue length last written to the shared status.
@@ -484,6 +489,7 @@ impl Publisher {
             signatures: HashMap::new(),
             runtime: HashMap::new(),
             oversized: HashSet::new(),
+            resettle: HashMap::new(),
             connected: false,
             link_up,
             reported_queue: 0,
@@ -524,7 +530,7 @@ impl Publisher {
                         self.announce(&serial);
                     }
                 }
-                _ = retry.tick() => {}
+                _ = retry.tick() => self.resettled(),
             }
             self.flush(client);
         }
@@ -554,8 +560,23 @@ impl Publisher {
         }
     }
 
+    /// Thermostats whose config went out [`RESETTLE`] ago get their state once more.
+    fn resettled(&mut self) {
+        let now = tokio::time::Instant::now();
+        let due: Vec<String> = self.resettle.iter().filter(|(_, at)| **at <= now).map(|(s, _)| s.clone()).collect();
+        for serial in due {
+            self.resettle.remove(&serial);
+            self.publish_state(&serial, true);
+        }
+    }
+
     /// Everything for one thermostat: discovery (when it changed), availability, raw and HA state.
     fn announce(&mut self, serial: &str) {
+        self.publish_state(serial, false);
+    }
+
+    /// [`Self::announce`]; with `force`, every state topic goes out even if the broker holds it.
+    fn publish_state(&mut self, serial: &str, force: bool) {
         let buckets = self.state.store.snapshot(serial);
         let structure_key = self.state.structure_key(serial);
         let device = buckets.get(&format!("device.{serial}"));
@@ -594,11 +615,15 @@ impl Publisher {
             let attributes = json!({ "pending": pending }).to_string();
             messages.push(((self.naming.ha(serial, "attributes"), attributes), QoS::AtMostOnce));
         }
+        if rediscovered {
+            // Home Assistant applies a re-sent config in a task of its own, resetting the
+            // entity (the preset to none, setpoints to defaults) without getting the retained
+            // state again; state sent right after the config can be applied before that reset.
+            // So the state goes out right after the config and once more when it has settled.
+            self.resettle.insert(serial.to_string(), tokio::time::Instant::now() + RESETTLE);
+        }
         for ((topic, payload), qos) in messages {
-            if rediscovered {
-                // Home Assistant resets an entity whose config is re-sent (the preset to none,
-                // setpoints to defaults) and does not get the retained state again: every state
-                // topic goes out again, after the configs.
+            if rediscovered || force {
                 self.published.remove(&topic);
                 self.pending.shift_remove(&topic);
             }
@@ -641,6 +666,7 @@ impl Publisher {
             self.queue(topic, String::new(), QoS::AtLeastOnce);
         }
         self.signatures.remove(serial);
+        self.resettle.remove(serial);
     }
 
     /// Queues a retained message unless the broker already holds exactly this payload.
