@@ -67,7 +67,11 @@ impl HomeAssistant {
         let ha = HomeAssistant { child, client: Client::new(&format!("http://127.0.0.1:{port}")).unwrap(), token, dir };
         let started = Instant::now();
         ha.until("the REST API answers", Duration::from_secs(180), || async {
-            ha.client.send(&ha.req(Request::get("/api/"))).await.ok().filter(|r| r.status() == 200)
+            match ha.client.send(&ha.req(Request::get("/api/"))).await {
+                Ok(r) if r.status() == 200 => Ok(()),
+                Ok(r) => Err(format!("status {}", r.status())),
+                Err(e) => Err(e.to_string()),
+            }
         })
         .await;
         println!("Home Assistant answered after {:.1} s", started.elapsed().as_secs_f64());
@@ -78,19 +82,21 @@ impl HomeAssistant {
         r.header("Authorization", format!("Bearer {}", self.token))
     }
 
-    /// Polls `probe` until it yields something (Home Assistant's REST API cannot wait for a state).
+    /// Polls `probe` until it yields `Ok` (Home Assistant's REST API cannot wait for a state); a
+    /// failure says what the last probe saw.
     async fn until<T, F, Fut>(&self, what: &str, limit: Duration, probe: F) -> T
     where
         F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Option<T>>,
+        Fut: std::future::Future<Output = Result<T, String>>,
     {
         let deadline = Instant::now() + limit;
         loop {
-            if let Some(v) = probe().await {
-                return v;
-            }
+            let seen = match probe().await {
+                Ok(v) => return v,
+                Err(seen) => seen,
+            };
             if Instant::now() > deadline {
-                panic!("Home Assistant: {what} did not happen within {limit:?}\n{}", self.log_tail());
+                panic!("Home Assistant: {what} did not happen within {limit:?} ({seen})\n{}", self.log_tail());
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -105,11 +111,13 @@ impl HomeAssistant {
     /// The entity of a domain with this friendly name, once Home Assistant has it.
     async fn entity(&self, domain: &str, name: &str) -> String {
         self.until(&format!("{domain} '{name}' appears"), SETTLE, || async {
-            self.states().await.into_iter().find_map(|s| {
+            let states = self.states().await;
+            let found = states.iter().find_map(|s| {
                 let id = s["entity_id"].as_str()?;
                 (id.starts_with(&format!("{domain}.")) && s["attributes"]["friendly_name"] == name)
                     .then(|| id.to_string())
-            })
+            });
+            found.ok_or_else(|| format!("{} entities", states.len()))
         })
         .await
     }
@@ -120,28 +128,13 @@ impl HomeAssistant {
         r.json().unwrap()
     }
 
-    /// Waits until the entity's state satisfies `cond`; returns it.
-    /// Waits until `entity`'s state satisfies `cond`; a failure shows the state last seen.
+    /// Waits until `entity`'s state satisfies `cond`; returns it (a failure shows the last one).
     async fn wait(&self, entity: &str, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
-        let last = std::sync::Mutex::new(Value::Null);
-        let found = tokio::time::timeout(
-            SETTLE,
-            self.until(&format!("{entity}: {what}"), SETTLE + Duration::from_secs(1), || async {
-                let s = self.state(entity).await;
-                let ok = cond(&s);
-                *last.lock().unwrap() = s.clone();
-                ok.then_some(s)
-            }),
-        )
-        .await;
-        match found {
-            Ok(s) => s,
-            Err(_) => panic!(
-                "Home Assistant: {entity}: {what} did not happen within {SETTLE:?}; last state: {}\n{}",
-                last.lock().unwrap(),
-                self.log_tail()
-            ),
-        }
+        self.until(&format!("{entity}: {what}"), SETTLE, || async {
+            let s = self.state(entity).await;
+            if cond(&s) { Ok(s) } else { Err(format!("last state: {s}")) }
+        })
+        .await
     }
 
     async fn call(&self, domain: &str, service: &str, data: Value) {
