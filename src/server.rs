@@ -104,7 +104,7 @@ impl Application {
             }
         };
         let events = EventStreams::new(config.sse_max_clients);
-        events.spawn_fan_out(store.hub().feed(), shutdown.clone());
+        events.spawn_fan_out(store.hub().feed(), shutdown.clone())?;
         state::expiry::spawn(store.clone(), shutdown.clone());
         let availability_timeout_ms = (config.availability_timeout_seconds * 1000.0) as i64;
         let state = web::Data::new(AppState {

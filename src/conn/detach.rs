@@ -11,6 +11,7 @@
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix_http::body::{BodySize, MessageBody};
@@ -20,11 +21,18 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::{LocalBoxStream, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 use super::Shared;
+use super::outlet::{Lend, Next, Outlet};
 
-/// A streaming body to be written by the connection itself (each item one chunk), and how.
-pub type Chunks = (Framing, LocalBoxStream<'static, Bytes>);
+/// A body to be written by the connection itself: its chunks, how they are framed, and the
+/// outlet other threads send through, if it has one.
+pub struct Detached {
+    pub framing: Framing,
+    pub body: LocalBoxStream<'static, Bytes>,
+    pub outlet: Option<Arc<Outlet>>,
+}
 
 /// Answers with `builder`'s head and `body`, written by roost once the head is out; the
 /// connection closes after it (the head says so). HTTP/1.1 gets a chunked body; HTTP/1.0 a body
@@ -32,22 +40,65 @@ pub type Chunks = (Framing, LocalBoxStream<'static, Bytes>);
 /// Without roost's connection layer, or for HEAD (no body), actix streams it as usual.
 pub fn respond(
     req: &HttpRequest,
+    builder: HttpResponseBuilder,
+    body: impl Stream<Item = Bytes> + 'static,
+) -> HttpResponse {
+    respond_with_outlet(req, builder, body, None)
+}
+
+/// Like [`respond`], with `outlet`'s chunks interleaved with `body`'s; the body ends when
+/// either does. A plain connection lends the outlet its socket while it waits.
+pub fn respond_with_outlet(
+    req: &HttpRequest,
     mut builder: HttpResponseBuilder,
     body: impl Stream<Item = Bytes> + 'static,
+    outlet: Option<Arc<Outlet>>,
 ) -> HttpResponse {
     let framing = match req.version() {
         Version::HTTP_11 => Framing::Chunked,
         Version::HTTP_10 => Framing::UntilClose,
-        _ => return builder.streaming(body.map(Ok::<_, std::convert::Infallible>)),
+        _ => return streamed(builder, body, outlet),
     };
     let shared = req.conn_data::<Rc<Shared>>().filter(|_| req.method() != Method::HEAD);
     let Some(shared) = shared else {
-        return builder.streaming(body.map(Ok::<_, std::convert::Infallible>));
+        return streamed(builder, body, outlet);
     };
-    let mut response =
-        builder.force_close().body(Handover { shared: shared.clone(), body: Some((framing, body.boxed_local())) });
+    let mut response = builder
+        .force_close()
+        .body(Handover { shared: shared.clone(), body: Some(Detached { framing, body: body.boxed_local(), outlet }) });
     response.head_mut().no_chunking(framing == Framing::UntilClose);
     response
+}
+
+/// The body streamed by actix (no connection layer to detach it).
+fn streamed(
+    mut builder: HttpResponseBuilder,
+    body: impl Stream<Item = Bytes> + 'static,
+    outlet: Option<Arc<Outlet>>,
+) -> HttpResponse {
+    let chunks = Merged { body: body.boxed_local(), outlet }.map(Ok::<_, std::convert::Infallible>);
+    builder.streaming(chunks)
+}
+
+/// `body` and the outlet's chunks as one stream, ending when either ends.
+struct Merged {
+    body: LocalBoxStream<'static, Bytes>,
+    outlet: Option<Arc<Outlet>>,
+}
+
+impl Stream for Merged {
+    type Item = Bytes;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if let Some(outlet) = &self.outlet {
+            match outlet.poll_next(cx, None) {
+                Poll::Ready(Some(Next::Chunk(chunk) | Next::Wire(chunk))) => return Poll::Ready(Some(chunk)),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+        }
+        self.body.poll_next_unpin(cx)
+    }
 }
 
 /// How a detached body is delimited on the wire.
@@ -62,7 +113,7 @@ pub enum Framing {
 /// yields (the connection drops the dispatcher, and this with it, once the head is flushed).
 struct Handover {
     shared: Rc<Shared>,
-    body: Option<Chunks>,
+    body: Option<Detached>,
 }
 
 impl MessageBody for Handover {
@@ -81,38 +132,63 @@ impl MessageBody for Handover {
     }
 }
 
-/// Writes `body` on `io` as `framing` says (chunked: then the terminal chunk); stops early when
-/// the peer closes or a write fails. What the peer sends meanwhile is read and discarded.
+/// Closes the outlet when the connection stops writing, however it stops.
+struct CloseOnDrop(Option<Arc<Outlet>>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if let Some(outlet) = &self.0 {
+            outlet.close();
+        }
+    }
+}
+
+/// Writes the body on `io` as its framing says (chunked: then the terminal chunk); stops early
+/// when the peer closes or a write fails. What the peer sends meanwhile is read and discarded.
+/// `socket` (plain TCP) is lent to the outlet while nothing is being written.
 ///
 /// Flushed at the start and after each chunk: a TLS stream accepts bytes it cannot send yet
 /// (the head, when the dispatcher's flush was still pending, or a chunk) and sends them only
 /// when written to or flushed again, and a held body may not write again for minutes.
 pub(super) async fn stream<T: AsyncRead + AsyncWrite + Unpin>(
     io: &mut T,
-    (framing, mut body): Chunks,
+    detached: Detached,
+    socket: Option<Arc<TcpStream>>,
 ) -> io::Result<()> {
+    let Detached { framing, mut body, outlet } = detached;
+    let closing = CloseOnDrop(outlet);
+    let lend = socket.map(|socket| Lend { socket, framing });
+    let from_outlet = || {
+        std::future::poll_fn(|cx| match &closing.0 {
+            Some(outlet) => outlet.poll_next(cx, lend.as_ref()),
+            None => Poll::Pending,
+        })
+    };
     io.flush().await?;
     loop {
         let next = tokio::select! {
             biased;
-            next = body.next() => next,
+            next = from_outlet() => next,
+            next = body.next() => next.map(Next::Chunk),
             gone = peer_gone(io) => return gone,
         };
+        if let Some(outlet) = &closing.0 {
+            outlet.reclaim();
+        }
         match next {
-            Some(chunk) if chunk.is_empty() => {}
-            Some(chunk) => {
-                match framing {
-                    Framing::UntilClose => io.write_all(&chunk).await?,
-                    Framing::Chunked => write_chunk(io, &chunk).await?,
-                }
-                io.flush().await?;
-            }
+            Some(Next::Chunk(chunk)) if chunk.is_empty() => continue,
+            Some(Next::Wire(bytes)) => io.write_all(&bytes).await?,
+            Some(Next::Chunk(chunk)) => match framing {
+                Framing::UntilClose => io.write_all(&chunk).await?,
+                Framing::Chunked => write_chunk(io, &chunk).await?,
+            },
             None if framing == Framing::UntilClose => return Ok(()),
             None => {
                 io.write_all(b"0\r\n\r\n").await?;
                 return Ok(());
             }
         }
+        io.flush().await?;
     }
 }
 
@@ -133,7 +209,7 @@ async fn write_chunk<T: AsyncWrite + Unpin>(io: &mut T, data: &[u8]) -> io::Resu
 }
 
 /// `len` in hex followed by CRLF, into `out`; returns the length written.
-fn size_line(len: usize, out: &mut [u8; 18]) -> usize {
+pub(super) fn size_line(len: usize, out: &mut [u8; 18]) -> usize {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
     for (i, slot) in out[..digits].iter_mut().enumerate() {
@@ -167,6 +243,10 @@ mod tests {
     use futures_util::FutureExt;
     use tokio::io::AsyncReadExt;
 
+    fn chunked(body: impl Stream<Item = Bytes> + 'static) -> Detached {
+        Detached { framing: Framing::Chunked, body: body.boxed_local(), outlet: None }
+    }
+
     #[test]
     fn size_lines_are_lower_case_hex() {
         let mut out = [0u8; 18];
@@ -183,7 +263,7 @@ mod tests {
         let (mut client, mut server) = tokio::io::duplex(1024);
         let body =
             futures_util::stream::iter([Bytes::from_static(b"hello"), Bytes::new(), Bytes::from(vec![b'x'; 17])]);
-        stream(&mut server, (Framing::Chunked, body.boxed_local())).await.unwrap();
+        stream(&mut server, chunked(body), None).await.unwrap();
         drop(server);
         let mut seen = String::new();
         client.read_to_string(&mut seen).await.unwrap();
@@ -194,7 +274,9 @@ mod tests {
     async fn until_close_framing_writes_the_bytes_alone() {
         let (mut client, mut server) = tokio::io::duplex(1024);
         let body = futures_util::stream::iter([Bytes::from_static(b"{\"a\":"), Bytes::from_static(b"1}")]);
-        stream(&mut server, (Framing::UntilClose, body.boxed_local())).await.unwrap();
+        stream(&mut server, Detached { framing: Framing::UntilClose, body: body.boxed_local(), outlet: None }, None)
+            .await
+            .unwrap();
         drop(server);
         let mut seen = String::new();
         client.read_to_string(&mut seen).await.unwrap();
@@ -235,7 +317,7 @@ mod tests {
     fn what_was_written_before_and_each_chunk_are_flushed_while_the_body_waits() {
         let mut io = Buffering { unsent: b"HTTP/1.1 200 OK\r\n\r\n".to_vec(), sent: Vec::new() };
         let body = futures_util::stream::iter([Bytes::from_static(b"push")]).chain(futures_util::stream::pending());
-        let waiting = stream(&mut io, (Framing::Chunked, body.boxed_local())).now_or_never();
+        let waiting = stream(&mut io, chunked(body), None).now_or_never();
         assert!(waiting.is_none(), "the body is still open");
         assert_eq!(io.sent, b"HTTP/1.1 200 OK\r\n\r\n4\r\npush\r\n");
         assert!(io.unsent.is_empty());
@@ -246,6 +328,6 @@ mod tests {
         let (client, mut server) = tokio::io::duplex(1024);
         drop(client);
         let forever = futures_util::stream::pending::<Bytes>();
-        stream(&mut server, (Framing::Chunked, forever.boxed_local())).await.unwrap();
+        stream(&mut server, chunked(forever), None).await.unwrap();
     }
 }

@@ -22,7 +22,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::detach::Chunks;
+use super::detach::Detached;
 use super::framing::{Framing, Step};
 
 /// How long a closing connection waits for the peer to close after our FIN, and how much of
@@ -40,7 +40,7 @@ pub struct Shared {
     answered: Cell<u64>,
     waiting: Cell<Option<Waker>>,
     incidents: Cell<Incidents>,
-    detached: Cell<Option<Chunks>>,
+    detached: Cell<Option<Detached>>,
     /// The last write was refused (the dispatcher still holds unwritten bytes).
     blocked: Cell<bool>,
 }
@@ -60,13 +60,13 @@ impl Shared {
     }
 
     /// Hands a response body to the connection, to be written once the head is out.
-    pub(super) fn detach(&self, body: Chunks) {
+    pub(super) fn detach(&self, body: Detached) {
         self.detached.set(Some(body));
     }
 
     /// The detached body, once the dispatcher has written everything it was given (the head).
     /// Valid right after a dispatcher poll: each one ends by flushing its buffer.
-    pub(super) fn take_detached(&self) -> Option<Chunks> {
+    pub(super) fn take_detached(&self) -> Option<Detached> {
         if self.blocked.get() {
             return None;
         }
@@ -141,6 +141,10 @@ impl<T> Guarded<T> {
 
     pub fn shared(&self) -> Rc<Shared> {
         self.shared.clone()
+    }
+
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
     }
 }
 

@@ -10,6 +10,7 @@
 pub mod detach;
 mod framing;
 mod guarded;
+pub mod outlet;
 mod request_line;
 
 use std::cell::RefCell;
@@ -151,8 +152,10 @@ where
     let result = match until_detached(Box::pin(h1.call((Lent(io.clone()), peer))), &shared).await {
         Ok(result) => result,
         Err(body) => {
+            // An outlet's writers on other threads need a socket they can share.
+            let socket = body.outlet.as_ref().and_then(|_| io.try_borrow_mut().ok()?.get_mut().share());
             let mut io = Lent(io);
-            let written = detach::stream(&mut io, body).await;
+            let written = detach::stream(&mut io, body, socket).await;
             if let Err(e) = written.and(io.shutdown().await) {
                 tracing::debug!(?peer, error = %e, "detached response ended with an error");
             }
@@ -176,7 +179,7 @@ where
 
 /// Runs the dispatcher until it finishes, or until a response body was detached and the
 /// dispatcher has flushed the head; then the dispatcher is dropped and the body returned.
-async fn until_detached<F: Future>(dispatch: Pin<Box<F>>, shared: &Shared) -> Result<F::Output, detach::Chunks> {
+async fn until_detached<F: Future>(dispatch: Pin<Box<F>>, shared: &Shared) -> Result<F::Output, detach::Detached> {
     let mut dispatch = Some(dispatch);
     std::future::poll_fn(|cx| {
         let Some(running) = dispatch.as_mut() else { return Poll::Pending };
@@ -353,14 +356,68 @@ impl AsyncWrite for Lent {
 /// A connection's stream: plain TCP or TLS.
 pub enum Stream {
     Plain(TcpStream),
+    /// A plain socket shared with writers on other threads (a detached body's outlet).
+    Shared(Arc<TcpStream>),
     Tls(Box<TlsStream<TcpStream>>),
+    /// Only while a plain socket becomes a shared one.
+    Closed,
+}
+
+impl Stream {
+    /// The socket, shared from now on; `None` for TLS.
+    fn share(&mut self) -> Option<Arc<TcpStream>> {
+        if let Stream::Plain(_) = self {
+            if let Stream::Plain(tcp) = std::mem::replace(self, Stream::Closed) {
+                *self = Stream::Shared(Arc::new(tcp));
+            }
+        }
+        match self {
+            Stream::Shared(tcp) => Some(tcp.clone()),
+            _ => None,
+        }
+    }
+}
+
+fn closed() -> std::io::Error {
+    std::io::ErrorKind::NotConnected.into()
+}
+
+/// Reads from a shared socket (tokio offers `AsyncRead` only on an owned one).
+fn poll_read_shared(tcp: &TcpStream, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    loop {
+        std::task::ready!(tcp.poll_read_ready(cx))?;
+        match tcp.try_read(buf.initialize_unfilled()) {
+            Ok(n) => {
+                buf.advance(n);
+                return Poll::Ready(Ok(()));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(e)),
+        }
+    }
+}
+
+fn poll_write_shared(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &[std::io::IoSlice<'_>],
+) -> Poll<std::io::Result<usize>> {
+    loop {
+        std::task::ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_write_vectored(bufs) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            done => return Poll::Ready(done),
+        }
+    }
 }
 
 impl AsyncRead for Stream {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Shared(s) => poll_read_shared(s, cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 }
@@ -369,7 +426,9 @@ impl AsyncWrite for Stream {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Shared(s) => poll_write_shared(s, cx, &[std::io::IoSlice::new(buf)]),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
@@ -380,20 +439,25 @@ impl AsyncWrite for Stream {
     ) -> Poll<std::io::Result<usize>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Shared(s) => poll_write_shared(s, cx, bufs),
             Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Shared(_) => true,
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Closed => false,
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Shared(_) | Stream::Closed => Poll::Ready(Ok(())),
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
@@ -401,7 +465,9 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Shared(s) => Poll::Ready(socket2::SockRef::from(&**s).shutdown(std::net::Shutdown::Write)),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! `GET /api/events`: the live event stream. Compatible with the reference (one
 //! `data: {"serial": ...}` message per state change), and resumable, filterable and bounded.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -9,23 +9,27 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::conn::outlet::{Chunk, Outlet, Refused};
 use crate::device_api::query_param;
 use crate::domain::serial;
 use crate::domain::time::{iso8601, now_ms};
 use crate::error::ApiError;
 use crate::state::repos::JournalRow;
 use crate::state::{Change, StoreError};
+use crate::telemetry::series::{Histogram, LATENCY_NS, SECONDS, Snapshot};
 
 /// Named events a client can opt in to with `?events=`.
 pub const NAMED_EVENTS: [&str; 3] = ["command", "availability", "pairing"];
-/// Events queued for one client; a client that falls this far behind is disconnected
+/// Chunks queued for one client; a client that falls this far behind is disconnected
 /// (it resumes by id), so a stuck client never grows the server's memory.
 const CLIENT_QUEUE: usize = 256;
+/// Most changes sent to the streams in one write each.
+const MAX_BATCH: usize = 64;
 /// The most events replayed to a resuming client; further behind, it is told to reset.
 const MAX_REPLAY: i64 = 2_000;
 /// How long the browser waits before reconnecting.
@@ -57,7 +61,7 @@ impl StreamEvent {
     fn frames(&self) -> Rendered {
         let message = self.message.then(|| {
             let data = json!({"serial": self.serial});
-            Bytes::from(format!("id: {}\ndata: {}\n\n", self.id, data))
+            Chunk::new(Bytes::from(format!("id: {}\ndata: {}\n\n", self.id, data)))
         });
         let named = self.named.as_ref().map(|(kind, detail)| {
             let mut data = Map::new();
@@ -69,7 +73,8 @@ impl StreamEvent {
                     data.entry(k.clone()).or_insert_with(|| v.clone());
                 }
             }
-            (kind.clone(), Bytes::from(format!("id: {}\nevent: {kind}\ndata: {}\n\n", self.id, Value::Object(data))))
+            let frame = format!("id: {}\nevent: {kind}\ndata: {}\n\n", self.id, Value::Object(data));
+            (kind.clone(), Chunk::new(Bytes::from(frame)))
         });
         Rendered { id: self.id, serial: self.serial.clone(), message, named }
     }
@@ -80,8 +85,8 @@ impl StreamEvent {
 struct Rendered {
     id: i64,
     serial: String,
-    message: Option<Bytes>,
-    named: Option<(String, Bytes)>,
+    message: Option<Chunk>,
+    named: Option<(String, Chunk)>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -97,28 +102,46 @@ impl Filter {
         serial_ok && kind_ok
     }
 
-    fn write(&self, r: &Rendered, out: &mut Vec<u8>) {
-        if let Some(m) = &r.message {
-            out.extend_from_slice(m);
+    /// What this client gets of `r`: the shared chunk when it is one frame, a copy when two.
+    fn frames(&self, r: &Rendered) -> Option<Chunk> {
+        let named = r.named.as_ref().filter(|(kind, _)| self.named.contains(kind)).map(|(_, frame)| frame);
+        match (&r.message, named) {
+            (Some(message), None) => Some(message.clone()),
+            (None, Some(named)) => Some(named.clone()),
+            (Some(message), Some(named)) => Some(Chunk::new([&message.data()[..], &named.data()[..]].concat().into())),
+            (None, None) => None,
         }
-        if let Some((kind, frame)) = &r.named {
-            if self.named.contains(kind) {
-                out.extend_from_slice(frame);
-            }
+    }
+
+    /// What this client gets of `batch` above `floor`, as one chunk: the highest id in it, how
+    /// many events it holds, and the chunk.
+    fn chunk(&self, batch: &[Arc<Rendered>], floor: i64) -> Option<(i64, u64, Chunk)> {
+        let mut wanted =
+            batch.iter().filter(|r| r.id > floor && self.wants(r)).filter_map(|r| Some((r.id, self.frames(r)?)));
+        let (id, first) = wanted.next()?;
+        let Some((next_id, second)) = wanted.next() else { return Some((id, 1, first)) };
+        let mut all = first.data().to_vec();
+        all.extend_from_slice(second.data());
+        let (mut last, mut count) = (next_id, 2);
+        for (id, more) in wanted {
+            all.extend_from_slice(more.data());
+            (last, count) = (id, count + 1);
         }
+        Some((last, count, Chunk::new(all.into())))
     }
 }
 
+/// One open stream, as the fan-out sees it.
 struct Client {
     filter: Filter,
-    tx: mpsc::Sender<Arc<Rendered>>,
+    outlet: Arc<Outlet>,
     connected_at_ms: i64,
-    sent: Arc<AtomicU64>,
+    sent: AtomicU64,
 }
 
-/// Every open event stream, and the task that fans committed changes out to them.
+/// Every open event stream, and the thread that fans committed changes out to them.
 pub struct EventStreams {
-    clients: Mutex<HashMap<u64, Client>>,
+    clients: Mutex<HashMap<u64, Arc<Client>>>,
     /// Open responses, counted until each is dropped (a cut-off client still holds its socket
     /// until the connection goes), so `SSE_MAX_CLIENTS` bounds them all.
     open: std::sync::atomic::AtomicUsize,
@@ -126,6 +149,8 @@ pub struct EventStreams {
     max_clients: usize,
     sent: AtomicU64,
     dropped: AtomicU64,
+    /// From a change reaching the fan-out to the last stream written.
+    fan_out_seconds: Histogram<{ LATENCY_NS.len() }>,
 }
 
 impl EventStreams {
@@ -137,11 +162,26 @@ impl EventStreams {
             max_clients,
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            fan_out_seconds: Histogram::new(LATENCY_NS, SECONDS),
         })
     }
 
-    /// Feeds every change to the clients that want it, until `shutdown`.
-    pub fn spawn_fan_out(self: &Arc<Self>, mut feed: broadcast::Receiver<Arc<Change>>, shutdown: CancellationToken) {
+    /// Feeds every change to the clients that want it, until `shutdown`. The writes happen on
+    /// a thread of their own: at 10,000 streams one change is 10,000 system calls, which would
+    /// otherwise hold up every other task of the runtime for as long.
+    pub fn spawn_fan_out(
+        self: &Arc<Self>,
+        mut feed: broadcast::Receiver<Arc<Change>>,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<()> {
+        let (batches, next_batch) = std::sync::mpsc::channel::<(Vec<Arc<Rendered>>, std::time::Instant)>();
+        let me = self.clone();
+        std::thread::Builder::new().name("roost-fan-out".into()).spawn(move || {
+            while let Ok((batch, received)) = next_batch.recv() {
+                me.dispatch(&batch);
+                me.fan_out_seconds.observe_duration(received.elapsed());
+            }
+        })?;
         let me = self.clone();
         tokio::spawn(async move {
             loop {
@@ -150,53 +190,96 @@ impl EventStreams {
                     c = feed.recv() => c,
                 };
                 match change {
-                    Ok(change) => me.dispatch(Arc::new(StreamEvent::from_change(&change).frames())),
+                    Ok(change) => {
+                        // Changes that arrived meanwhile go out with it, one write per stream.
+                        let received = std::time::Instant::now();
+                        let mut batch = vec![Arc::new(StreamEvent::from_change(&change).frames())];
+                        while batch.len() < MAX_BATCH {
+                            let Ok(more) = feed.try_recv() else { break };
+                            batch.push(Arc::new(StreamEvent::from_change(&more).frames()));
+                        }
+                        if batches.send((batch, received)).is_err() {
+                            break;
+                        }
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         // Cannot happen unless the process is starved; clients resume by id.
                         tracing::warn!(missed = n, "event fan-out fell behind; disconnecting streams so they resume");
-                        if let Ok(mut clients) = me.clients.lock() {
-                            me.dropped.fetch_add(clients.len() as u64, Ordering::Relaxed);
-                            clients.clear();
-                        }
+                        me.cut_all();
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
             }
         });
+        Ok(())
     }
 
-    fn dispatch(&self, rendered: Arc<Rendered>) {
-        let Ok(mut clients) = self.clients.lock() else { return };
-        clients.retain(|id, c| {
-            if !c.filter.wants(&rendered) {
-                return true;
-            }
-            match c.tx.try_send(rendered.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.dropped.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        stream = id,
-                        "event stream client is not reading; disconnected (it can resume by id)"
-                    );
-                    false
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Client>>> {
+        self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn cut_all(&self) {
+        let mut clients = self.lock_clients();
+        self.dropped.fetch_add(clients.len() as u64, Ordering::Relaxed);
+        for (_, client) in clients.drain() {
+            client.outlet.close();
+        }
+    }
+
+    /// Sends `batch` to every client that wants any of it: one chunk per client. The client
+    /// list is copied first, so streams open and close while the writes go on.
+    fn dispatch(&self, batch: &[Arc<Rendered>]) {
+        let targets: Vec<(u64, Arc<Client>)> = self
+            .lock_clients()
+            .iter()
+            .filter(|(_, c)| batch.iter().any(|r| c.filter.wants(r)))
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        let mut gone = Vec::new();
+        for (id, client) in &targets {
+            let mut events = 0;
+            let sent = client.outlet.send(|floor| {
+                let (id, count, chunk) = client.filter.chunk(batch, floor)?;
+                events = count;
+                Some((id, chunk))
+            });
+            match sent {
+                Ok(()) => {
+                    client.sent.fetch_add(events, Ordering::Relaxed);
+                    self.sent.fetch_add(events, Ordering::Relaxed);
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(refused) => {
+                    if refused == Refused::Full {
+                        self.dropped.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            stream = id,
+                            "event stream client is not reading; disconnected (it can resume by id)"
+                        );
+                    }
+                    client.outlet.close();
+                    gone.push(*id);
+                }
             }
-        });
+        }
+        if !gone.is_empty() {
+            let mut clients = self.lock_clients();
+            for id in gone {
+                clients.remove(&id);
+            }
+        }
     }
 
-    fn register(self: &Arc<Self>, filter: Filter) -> Option<(Registration, mpsc::Receiver<Arc<Rendered>>)> {
-        let mut clients = self.clients.lock().ok()?;
+    fn register(self: &Arc<Self>, filter: Filter) -> Option<(Registration, Arc<Outlet>)> {
+        let mut clients = self.lock_clients();
         if self.open.load(Ordering::SeqCst) >= self.max_clients {
             return None;
         }
         self.open.fetch_add(1, Ordering::SeqCst);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-        let sent = Arc::new(AtomicU64::new(0));
-        clients.insert(id, Client { filter, tx, connected_at_ms: now_ms(), sent: sent.clone() });
-        Some((Registration { id, streams: self.clone(), sent }, rx))
+        let outlet = Outlet::new(CLIENT_QUEUE);
+        let client = Client { filter, outlet: outlet.clone(), connected_at_ms: now_ms(), sent: AtomicU64::new(0) };
+        clients.insert(id, Arc::new(client));
+        Some((Registration { id, streams: self.clone() }, outlet))
     }
 
     pub fn open_count(&self) -> usize {
@@ -210,33 +293,29 @@ impl EventStreams {
             max_clients: self.max_clients,
             sent: self.sent.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
+            fan_out: self.fan_out_seconds.snapshot(),
         }
     }
 
     pub fn stats(&self) -> Value {
-        let streams: Vec<Value> = self
-            .clients
-            .lock()
-            .map(|clients| {
-                let mut v: Vec<(u64, Value)> = clients
-                    .iter()
-                    .map(|(id, c)| {
-                        (
-                            *id,
-                            json!({
-                                "id": id,
-                                "serials": c.filter.serials,
-                                "events": c.filter.named,
-                                "connected_at": iso8601(c.connected_at_ms),
-                                "events_sent": c.sent.load(Ordering::Relaxed),
-                            }),
-                        )
-                    })
-                    .collect();
-                v.sort_by_key(|(id, _)| *id);
-                v.into_iter().map(|(_, s)| s).collect()
+        let mut streams: Vec<(u64, Value)> = self
+            .lock_clients()
+            .iter()
+            .map(|(id, c)| {
+                (
+                    *id,
+                    json!({
+                        "id": id,
+                        "serials": c.filter.serials,
+                        "events": c.filter.named,
+                        "connected_at": iso8601(c.connected_at_ms),
+                        "events_sent": c.sent.load(Ordering::Relaxed),
+                    }),
+                )
             })
-            .unwrap_or_default();
+            .collect();
+        streams.sort_by_key(|(id, _)| *id);
+        let streams: Vec<Value> = streams.into_iter().map(|(_, s)| s).collect();
         json!({
             "open_streams": self.open_count(),
             "max_clients": self.max_clients,
@@ -252,19 +331,19 @@ pub struct StreamTotals {
     pub max_clients: usize,
     pub sent: u64,
     pub dropped: u64,
+    pub fan_out: Snapshot,
 }
 
 /// Unregisters a stream when its response is dropped (client gone, shutdown, or cut off).
 struct Registration {
     id: u64,
     streams: Arc<EventStreams>,
-    sent: Arc<AtomicU64>,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        if let Ok(mut clients) = self.streams.clients.lock() {
-            clients.remove(&self.id);
+        if let Some(client) = self.streams.lock_clients().remove(&self.id) {
+            client.outlet.close();
         }
         self.streams.open.fetch_sub(1, Ordering::SeqCst);
     }
@@ -349,16 +428,15 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
     filter.serials = super::access::grant(&req).limit_serials(filter.serials)?;
     let resume_from = last_event_id(&req)?;
     // Registered before the journal is read, so nothing committed in between is missed.
-    let Some((registration, rx)) = state.events.register(filter.clone()) else {
+    let Some((registration, outlet)) = state.events.register(filter.clone()) else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("Too many event streams (SSE_MAX_CLIENTS={})", state.events.max_clients),
         ));
     };
-    let mut backlog: VecDeque<Bytes> = VecDeque::new();
-    backlog.push_back(Bytes::from(format!("retry: {RETRY_MS}\n\n")));
+    let mut backlog = vec![Bytes::from(format!("retry: {RETRY_MS}\n\n"))];
     // Without `Last-Event-ID` a stream carries the changes committed after it connected: one
-    // the hub delivered before (still on its way through the fan-out task) is not sent.
+    // the hub delivered before (still on its way through the fan-out) is not sent.
     let mut replayed_up_to = state.store.hub().last_delivered();
     if let Some(after) = resume_from {
         match replay(&state, after).await? {
@@ -367,93 +445,45 @@ pub async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<Http
                     let rendered = event.frames();
                     replayed_up_to = rendered.id;
                     if filter.wants(&rendered) {
-                        let mut out = Vec::new();
-                        filter.write(&rendered, &mut out);
-                        backlog.push_back(Bytes::from(out));
+                        backlog.extend(filter.frames(&rendered).map(|chunk| chunk.data().clone()));
                     }
                 }
             }
             Err(current) => {
                 replayed_up_to = current;
                 let data = json!({"type": "reset", "timestamp": iso8601(now_ms()), "reason": "the events since that id are no longer kept; re-read /api/devices"});
-                backlog.push_back(Bytes::from(format!("id: {current}\nevent: reset\ndata: {data}\n\n")));
+                backlog.push(Bytes::from(format!("id: {current}\nevent: reset\ndata: {data}\n\n")));
             }
         }
     }
+    outlet.start(backlog, replayed_up_to);
     let mut keepalive =
         tokio::time::interval_at(Instant::now() + state.config.sse_keepalive(), state.config.sse_keepalive());
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let stream = Stream {
-        backlog,
-        rx,
-        filter,
-        replayed_up_to,
-        keepalive,
-        shutdown: state.shutdown.clone(),
-        registration,
-        total_sent: state.events.clone(),
-    };
+    let stream = Keepalive { keepalive, shutdown: state.shutdown.clone(), _registration: registration };
     let mut response = HttpResponse::Ok();
     response
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"));
-    Ok(crate::conn::detach::respond(&req, response, futures_util::stream::unfold(stream, Stream::next)))
+    let body = futures_util::stream::unfold(stream, Keepalive::next);
+    Ok(crate::conn::detach::respond_with_outlet(&req, response, body, Some(outlet)))
 }
 
-struct Stream {
-    backlog: VecDeque<Bytes>,
-    rx: mpsc::Receiver<Arc<Rendered>>,
-    filter: Filter,
-    replayed_up_to: i64,
+/// The stream's own part of its body (the events come through its outlet): a comment now and
+/// then, so proxies keep the connection open, until the server shuts down.
+struct Keepalive {
     keepalive: tokio::time::Interval,
     shutdown: CancellationToken,
-    registration: Registration,
-    total_sent: Arc<EventStreams>,
+    _registration: Registration,
 }
 
-impl Stream {
+impl Keepalive {
     async fn next(mut self) -> Option<(Bytes, Self)> {
-        if let Some(frame) = self.backlog.pop_front() {
-            return Some((frame, self));
+        tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            _ = self.keepalive.tick() => Some((Bytes::from_static(b": keepalive\n\n"), self)),
         }
-        loop {
-            let rendered = tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
-                _ = self.keepalive.tick() => return Some((Bytes::from_static(b": keepalive\n\n"), self)),
-                r = self.rx.recv() => r?,
-            };
-            if rendered.id <= self.replayed_up_to {
-                continue;
-            }
-            // The common case, one plain message and nothing else queued: send the shared bytes.
-            if self.rx.is_empty() && rendered.named.is_none() {
-                if let Some(frame) = &rendered.message {
-                    self.count_sent(1);
-                    return Some((frame.clone(), self));
-                }
-            }
-            let mut out = Vec::new();
-            self.filter.write(&rendered, &mut out);
-            let mut count = 1;
-            // Batch whatever else is already queued into the same write.
-            while let Ok(more) = self.rx.try_recv() {
-                if more.id > self.replayed_up_to {
-                    self.filter.write(&more, &mut out);
-                    count += 1;
-                }
-            }
-            if out.is_empty() {
-                continue;
-            }
-            self.count_sent(count);
-            return Some((Bytes::from(out), self));
-        }
-    }
-
-    fn count_sent(&mut self, events: u64) {
-        self.registration.sent.fetch_add(events, Ordering::Relaxed);
-        self.total_sent.sent.fetch_add(events, Ordering::Relaxed);
     }
 }
 

@@ -79,6 +79,12 @@ fn event_streams(state: &AppState, out: &mut Exposition) {
         "Event-stream clients cut off because they stopped reading (they resume by id).",
         totals.dropped as f64,
     );
+    out.family(
+        "roost_event_stream_fanout_seconds",
+        Kind::Histogram,
+        "From a committed change reaching the event fan-out to the last stream written.",
+    );
+    out.histogram("roost_event_stream_fanout_seconds", &[], &totals.fan_out);
 }
 
 fn mqtt(state: &AppState, out: &mut Exposition) {

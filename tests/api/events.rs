@@ -266,6 +266,61 @@ async fn too_many_streams_get_a_503_and_stats_tell_what_is_open() {
     assert_eq!(all["events"]["open_streams"], 2);
 }
 
+/// Changes committed concurrently reach every stream whole, once each and in id order: the
+/// fan-out writes straight to a waiting stream's socket, queues for one whose socket is full
+/// (a reader that has not read yet), and sends what arrives together as one chunk.
+#[tokio::test]
+async fn a_burst_of_changes_reaches_every_stream_once_and_in_order() {
+    const MARKER: &str = "02AA01AC87654321";
+    let app = TestApp::start(&[]).await;
+    app.booted(SERIAL).await;
+    app.booted(MARKER).await;
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        readers.push(Stream::open(&app.control, "/api/events", None).await);
+    }
+    let mut slow = app.control.connect_with_receive_buffer(2048).await.unwrap();
+    slow.send_request(&Request::get("/api/events")).await.unwrap();
+    let head = slow.read_head().await.unwrap();
+    let mut slow = Stream { conn: slow, head, buffer: String::new() };
+    let senders: Vec<_> = (0..8)
+        .map(|task| {
+            let control = app.control.clone();
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let target = 10.0 + f64::from(task * 25 + i) / 10.0;
+                    let command = json!({"serial": SERIAL, "command": "set_temperature", "value": target});
+                    let r = control.send(&Request::post("/command").json(&command)).await.unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    // The last change is another thermostat's: it says when a stream has seen everything.
+    let last = app.command(MARKER, "set_temperature", json!(25)).await;
+    assert_eq!(last.status(), 200);
+    let stats: Value = app.control.send(&Request::get("/api/events/stats")).await.unwrap().json().unwrap();
+    assert_eq!(stats["clients_dropped"], 0);
+    let mut seen = Vec::new();
+    for stream in readers.iter_mut().chain([&mut slow]) {
+        let mut ids = Vec::new();
+        loop {
+            let e = stream.next_event().await.expect("every event, then the marker");
+            ids.push(e.id.as_deref().unwrap().parse::<i64>().unwrap());
+            if e.json() == json!({"serial": MARKER}) {
+                break;
+            }
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in order, each once: {ids:?}");
+        seen.push(ids);
+    }
+    assert!(seen[0].len() > 50, "200 commands, most of them a change: {}", seen[0].len());
+    assert!(seen.iter().all(|ids| ids == &seen[0]), "every stream saw the same events");
+}
+
 #[tokio::test]
 async fn a_client_that_does_not_read_is_cut_off_and_can_resume() {
     let app = TestApp::start(&[]).await;

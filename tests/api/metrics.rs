@@ -74,8 +74,9 @@ async fn series_move_with_simulated_traffic() {
     assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&r.body));
     assert!(held.next_chunk_within(WAIT).await.unwrap().is_some(), "the command reached the held subscribe");
     assert!(stream.next_event().await.is_some(), "the stream carried the change");
-    let after = scrape_until(&app, "the stream's event to be counted", |s| {
+    let after = scrape_until(&app, "the stream's event and its fan-out to be counted", |s| {
         s.value_or_zero("roost_event_stream_events_sent_total", &[]) >= 1.0
+            && s.value_or_zero("roost_event_stream_fanout_seconds_count", &[]) >= 1.0
     })
     .await;
     assert_eq!(after.value("roost_pending_command_thermostats", &[]), Some(1.0));
