@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use clap::Args;
@@ -10,6 +10,7 @@ use serde_json::json;
 
 use super::cli::sim_serial;
 use super::http::{Client, Request};
+use super::stamped::StampedStream;
 
 #[derive(Args)]
 pub struct PutArgs {
@@ -303,21 +304,20 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
     }
 
     let before = args.server_pid.map(rss_kib).transpose()?;
+    let addr = args.control_url.trim_start_matches("http://").trim_end_matches('/').to_string();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(args.streams);
+    let delivered = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::with_capacity(args.streams);
     for _ in 0..args.streams {
-        let (control, ready_tx, expected) = (control.clone(), ready_tx.clone(), args.commands);
+        let (addr, ready_tx, expected, delivered) = (addr.clone(), ready_tx.clone(), args.commands, delivered.clone());
         tasks.push(tokio::spawn(async move {
-            let mut conn = control.connect().await?;
-            conn.send_request(&Request::get("/api/events")).await?;
-            anyhow::ensure!(conn.read_head().await?.status == 200, "stream refused");
+            let mut stream = StampedStream::open(&addr, "/api/events").await?;
             let _ = ready_tx.send(()).await;
             let mut arrivals = Vec::with_capacity(expected);
             while arrivals.len() < expected {
-                let Some(chunk) = conn.next_chunk_within(Duration::from_secs(30)).await? else { break };
-                let now = Instant::now();
-                let events = chunk.windows(5).filter(|w| w == b"data:").count();
-                arrivals.extend(std::iter::repeat_n(now, events));
+                let Some(arrival) = stream.next(Duration::from_secs(30)).await? else { break };
+                arrivals.extend(std::iter::repeat_n(arrival, arrival.events));
+                delivered.fetch_add(arrival.events as u64, Ordering::Relaxed);
             }
             anyhow::Ok(arrivals)
         }));
@@ -327,32 +327,54 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
         ready_rx.recv().await.context("a stream failed to open")?;
     }
     let after = args.server_pid.map(rss_kib).transpose()?;
+    let sweeps_before = fan_out_sweeps(&control).await?;
     let mut sent_at = Vec::with_capacity(args.commands);
     for i in 0..args.commands {
-        sent_at.push(Instant::now());
+        sent_at.push(SystemTime::now());
         let r = control.send(&command_request(&serial, 20.0 + i as f64 / 10.0)).await?;
         anyhow::ensure!(r.status() == 200, "command answered {}", r.status());
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // The next command once every stream has read this one's event (or after 10 s), so
+        // that one read never holds two commands' events and stamps the first one late.
+        let all = ((i + 1) * args.streams) as u64;
+        let waited = Instant::now();
+        while delivered.load(Ordering::Relaxed) < all && waited.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut fan_out = Vec::with_capacity(args.streams * args.commands);
+    let (mut at_socket, mut at_reader) = (Vec::new(), Vec::new());
     for t in tasks {
         let arrivals = t.await.context("stream task")??;
-        for (k, at) in arrivals.iter().enumerate().take(sent_at.len()) {
-            fan_out.push(at.saturating_duration_since(sent_at[k]));
+        for (k, a) in arrivals.iter().enumerate().take(sent_at.len()) {
+            at_socket.push(a.kernel.duration_since(sent_at[k]).unwrap_or_default());
+            at_reader.push(a.read.duration_since(sent_at[k]).unwrap_or_default());
         }
     }
-    fan_out.sort();
-    to_subscribe.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "bench-sse: {} streams x {} commands ({} deliveries): fan-out p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        args.streams,
-        args.commands,
-        fan_out.len(),
-        ms(percentile(&fan_out, 0.5)),
-        ms(percentile(&fan_out, 0.99)),
-        ms(percentile(&fan_out, 1.0)),
-    );
+    for (label, mut figures) in [("at the socket (kernel receive stamp)", at_socket), ("at the reader", at_reader)] {
+        figures.sort();
+        println!(
+            "bench-sse: {} streams x {} commands ({} deliveries): fan-out {label}: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            args.streams,
+            args.commands,
+            figures.len(),
+            ms(percentile(&figures, 0.5)),
+            ms(percentile(&figures, 0.99)),
+            ms(percentile(&figures, 1.0)),
+        );
+    }
+    if let (Some(after), Some(before)) = (fan_out_sweeps(&control).await?, sweeps_before) {
+        let sweeps = after.since(&before);
+        let within: Vec<String> =
+            sweeps.buckets.iter().map(|(le, n)| format!("<= {:.0} ms: {n}", le * 1000.0)).collect();
+        println!(
+            "bench-sse: the server's own figure (a change reaching the fan-out to the last stream written), {} changes: mean {:.1} ms; {}",
+            sweeps.count,
+            sweeps.sum * 1000.0 / sweeps.count.max(1.0),
+            within.join(", "),
+        );
+    }
+    to_subscribe.sort();
     println!(
         "bench-sse: command to held subscribe ({} samples): p50 {:.1} ms, p99 {:.1} ms",
         to_subscribe.len(),
@@ -366,4 +388,45 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The server's fan-out histogram, from `/metrics` (10 ms to 250 ms buckets).
+struct Sweeps {
+    count: f64,
+    sum: f64,
+    buckets: Vec<(f64, f64)>,
+}
+
+impl Sweeps {
+    fn since(&self, before: &Sweeps) -> Sweeps {
+        let buckets =
+            self.buckets.iter().zip(&before.buckets).map(|((le, now), (_, then))| (*le, now - then)).collect();
+        Sweeps { count: self.count - before.count, sum: self.sum - before.sum, buckets }
+    }
+}
+
+/// `None` from a server without the histogram (an older baseline).
+async fn fan_out_sweeps(control: &Client) -> anyhow::Result<Option<Sweeps>> {
+    const NAME: &str = "roost_event_stream_fanout_seconds";
+    let text = control.send(&Request::get("/metrics")).await?.body;
+    let text = String::from_utf8_lossy(&text);
+    let mut sweeps = Sweeps { count: 0.0, sum: 0.0, buckets: Vec::new() };
+    for line in text.lines().filter(|l| l.starts_with(NAME)) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        match series.strip_prefix(NAME) {
+            Some("_count") => sweeps.count = value,
+            Some("_sum") => sweeps.sum = value,
+            Some(bucket) => {
+                let le = bucket.trim_start_matches("_bucket{le=\"").trim_end_matches("\"}");
+                if let Ok(le) = le.parse::<f64>() {
+                    if (0.01..=0.25).contains(&le) {
+                        sweeps.buckets.push((le, value));
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+    Ok((!sweeps.buckets.is_empty()).then_some(sweeps))
 }

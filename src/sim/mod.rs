@@ -8,6 +8,7 @@ pub mod device;
 pub mod fixture;
 pub mod fleet;
 pub mod observe;
+mod stamped;
 pub mod v3;
 
 pub use crate::http_client as http;
