@@ -6,7 +6,9 @@
 #
 # Environment: BENCH_DIR (scratch, default /tmp/roost-bench), ROUNDS (default 2: base, new,
 # base, new), HOLD (held subscribes, default 10000), SKIP_BUILD=1 (reuse the binaries in
-# BENCH_DIR), FLEET_MINUTES (if set, also runs `sim fleet` for that long against this tree).
+# BENCH_DIR), FLEET_MINUTES (if set, also runs `sim fleet` for that long against this tree),
+# STEER_RX=1 (as root: the kernel's receive work for loopback runs on CPU 1, the load
+# generator's, as it would on the client machines of a real network; restored on exit).
 # Figures on a shared machine are noisy: compare the two columns of one run, not across runs.
 set -euo pipefail
 
@@ -58,7 +60,22 @@ start_server() { # binary [tls|streams]
 stop_server() {
     kill "$PID" && wait "$PID" 2>/dev/null || true
 }
-trap 'stop_server 2>/dev/null || true' EXIT
+RPS=/sys/class/net/lo/queues/rx-0/rps_cpus
+BACKLOG=/proc/sys/net/core/netdev_max_backlog
+if [[ -n ${STEER_RX:-} ]]; then
+    RPS_BEFORE=$(cat "$RPS") BACKLOG_BEFORE=$(cat "$BACKLOG")
+    echo 2 >"$RPS"
+    # A fan-out sends 10,000 packets faster than CPU 1 takes them in; past the default
+    # backlog of 1,000 the kernel drops them and TCP resends them 200 ms later.
+    echo 65536 >"$BACKLOG"
+    echo "loopback receive work steered to CPU 1 (rps_cpus was $RPS_BEFORE, netdev_max_backlog $BACKLOG_BEFORE)"
+fi
+cleanup() {
+    stop_server 2>/dev/null || true
+    [[ -n ${RPS_BEFORE:-} ]] && echo "$RPS_BEFORE" >"$RPS" && echo "$BACKLOG_BEFORE" >"$BACKLOG"
+    true
+}
+trap cleanup EXIT
 
 URL=http://127.0.0.1:$DEVICE_PORT
 CONTROL=http://127.0.0.1:$CONTROL_PORT
