@@ -30,6 +30,8 @@ pub const NAMED_EVENTS: [&str; 3] = ["command", "availability", "pairing"];
 const CLIENT_QUEUE: usize = 256;
 /// Most changes sent to the streams in one write each.
 const MAX_BATCH: usize = 64;
+/// Batches waiting for the fan-out thread; past this, streams are cut and resume by id.
+const FEED_BATCHES: usize = 64;
 /// The most events replayed to a resuming client; further behind, it is told to reset.
 const MAX_REPLAY: i64 = 2_000;
 /// How long the browser waits before reconnecting.
@@ -174,7 +176,8 @@ impl EventStreams {
         mut feed: broadcast::Receiver<Arc<Change>>,
         shutdown: CancellationToken,
     ) -> std::io::Result<()> {
-        let (batches, next_batch) = std::sync::mpsc::channel::<(Vec<Arc<Rendered>>, std::time::Instant)>();
+        let (batches, next_batch) =
+            std::sync::mpsc::sync_channel::<(Vec<Arc<Rendered>>, std::time::Instant)>(FEED_BATCHES);
         let me = self.clone();
         std::thread::Builder::new().name("roost-fan-out".into()).spawn(move || {
             while let Ok((batch, received)) = next_batch.recv() {
@@ -198,8 +201,15 @@ impl EventStreams {
                             let Ok(more) = feed.try_recv() else { break };
                             batch.push(Arc::new(StreamEvent::from_change(&more).frames()));
                         }
-                        if batches.send((batch, received)).is_err() {
-                            break;
+                        match batches.try_send((batch, received)) {
+                            Ok(()) => {}
+                            // The writes fell this far behind: like a lagging feed, the
+                            // streams are cut and resume by id (nothing queues unbounded).
+                            Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                                tracing::warn!("event fan-out fell behind; disconnecting streams so they resume");
+                                me.cut_all();
+                            }
+                            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => break,
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
