@@ -42,13 +42,7 @@ impl Exposition {
         self.out.push_str("# HELP ");
         self.out.push_str(name);
         self.out.push(' ');
-        for c in help.chars() {
-            match c {
-                '\\' => self.out.push_str("\\\\"),
-                '\n' => self.out.push_str("\\n"),
-                c => self.out.push(c),
-            }
-        }
+        escape(&mut self.out, help, false);
         let _ = writeln!(self.out, "\n# TYPE {name} {}", kind.as_str());
     }
 
@@ -103,14 +97,7 @@ impl Exposition {
             }
             self.out.push_str(name);
             self.out.push_str("=\"");
-            for c in value.chars() {
-                match c {
-                    '\\' => self.out.push_str("\\\\"),
-                    '"' => self.out.push_str("\\\""),
-                    '\n' => self.out.push_str("\\n"),
-                    c => self.out.push(c),
-                }
-            }
+            escape(&mut self.out, value, true);
             self.out.push('"');
         }
         self.out.push('}');
@@ -131,6 +118,18 @@ fn push_number(out: &mut String, value: f64) {
         out.push_str(if value > 0.0 { "+Inf" } else { "-Inf" });
     } else {
         let _ = write!(out, "{value}");
+    }
+}
+
+/// Text escaped as the format asks: backslash and newline always, double quotes in label values.
+fn escape(out: &mut String, text: &str, quotes: bool) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '"' if quotes => out.push_str("\\\""),
+            c => out.push(c),
+        }
     }
 }
 
