@@ -132,6 +132,9 @@ async fn connection<H>(tcp: TcpStream, h1: Rc<H>, settings: Rc<Settings>) -> Res
 where
     H: Service<(Lent, Option<SocketAddr>), Response = (), Error = actix_http::error::DispatchError>,
 {
+    // Every answer is written whole, or as one chunk per event: Nagle's algorithm would only
+    // hold a small write back until the peer's (possibly delayed) ACK of the one before.
+    let _ = tcp.set_nodelay(true);
     (settings.tune)(&tcp);
     let peer = tcp.peer_addr().ok();
     let stream = match &settings.tls {
