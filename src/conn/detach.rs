@@ -157,7 +157,7 @@ pub(super) async fn stream<T: AsyncRead + AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let Detached { framing, mut body, outlet } = detached;
     let closing = CloseOnDrop(outlet);
-    let lend = socket.map(|socket| Lend { socket, framing });
+    let lend = socket.map(|socket| Lend::new(socket, framing));
     let from_outlet = || {
         std::future::poll_fn(|cx| match &closing.0 {
             Some(outlet) => outlet.poll_next(cx, lend.as_ref()),

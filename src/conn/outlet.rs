@@ -6,13 +6,12 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use nix::sys::socket::{MsgFlags, send};
-use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use super::detach::{Framing, size_line};
@@ -36,9 +35,20 @@ pub enum Next {
 }
 
 /// The plain socket a waiting connection lends, and how its body is framed.
+#[derive(Clone)]
 pub struct Lend {
-    pub socket: Arc<TcpStream>,
-    pub framing: Framing,
+    /// Keeps `fd` open while it is lent.
+    _socket: Arc<TcpStream>,
+    /// The socket's descriptor, kept beside the lock the sweep takes anyway: reaching it
+    /// through the `TcpStream` would cost the sweep another cache miss per stream.
+    fd: RawFd,
+    framing: Framing,
+}
+
+impl Lend {
+    pub fn new(socket: Arc<TcpStream>, framing: Framing) -> Self {
+        Self { fd: socket.as_raw_fd(), _socket: socket, framing }
+    }
 }
 
 pub struct Outlet {
@@ -149,7 +159,7 @@ impl Outlet {
             return Poll::Ready(None);
         }
         if state.lent.is_none() {
-            state.lent = lend.map(|l| Lend { socket: l.socket.clone(), framing: l.framing });
+            state.lent = lend.cloned();
         }
         if !state.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             state.waker = Some(cx.waker().clone());
@@ -178,20 +188,21 @@ enum Direct {
 }
 
 /// One send: a plain socket's `send` of bytes framed in advance (no iovec to copy in, no
-/// file position to take), through tokio so that a full socket is waited for as usual.
+/// file position to take). It goes past tokio's cached readiness, which it leaves as it is:
+/// after a socket refused a send, the connection writes the chunk itself, and its own
+/// write finds the socket full and waits for it as usual.
 fn write_direct(lend: &Lend, chunk: &Chunk) -> Direct {
     let wire = match lend.framing {
         Framing::Chunked => &chunk.wire,
         Framing::UntilClose => &chunk.data,
     };
-    let sent = lend.socket.try_io(Interest::WRITABLE, || {
-        send(lend.socket.as_raw_fd(), wire, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from)
-    });
+    let sent = send(lend.fd, wire, MsgFlags::MSG_NOSIGNAL).map_err(io::Error::from);
     match sent {
         Ok(n) if n == wire.len() => Direct::Whole,
         Ok(0) => Direct::Failed,
         Ok(n) => Direct::Part(wire.slice(n..)),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Direct::Blocked,
+        // Interrupted too: the connection then writes the chunk itself.
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => Direct::Blocked,
         Err(_) => Direct::Failed,
     }
 }
@@ -278,7 +289,7 @@ mod tests {
     async fn a_waiting_connection_lends_its_socket_and_chunks_go_straight_to_it() {
         let (mut client, server) = pair().await;
         let outlet = Outlet::new(8);
-        let lend = Lend { socket: server, framing: Framing::Chunked };
+        let lend = Lend::new(server, Framing::Chunked);
         assert!(next(&outlet, Some(&lend)).is_pending());
         send(&outlet, 1, b("hello")).unwrap();
         send(&outlet, 2, b("0123456789abcdef!")).unwrap();
@@ -297,7 +308,7 @@ mod tests {
         let (_client, server) = pair().await;
         socket2::SockRef::from(&*server).set_send_buffer_size(4096).unwrap();
         let outlet = Outlet::new(1_000);
-        let lend = Lend { socket: server, framing: Framing::UntilClose };
+        let lend = Lend::new(server, Framing::UntilClose);
         assert!(next(&outlet, Some(&lend)).is_pending());
         let big = Bytes::from(vec![b'x'; 64 * 1024]);
         let mut sent = 0;

@@ -135,6 +135,7 @@ impl Filter {
 
 /// One open stream, as the fan-out sees it.
 struct Client {
+    id: u64,
     filter: Filter,
     outlet: Arc<Outlet>,
     connected_at_ms: i64,
@@ -143,7 +144,7 @@ struct Client {
 
 /// Every open event stream, and the thread that fans committed changes out to them.
 pub struct EventStreams {
-    clients: Mutex<HashMap<u64, Arc<Client>>>,
+    clients: Mutex<Clients>,
     /// Open responses, counted until each is dropped (a cut-off client still holds its socket
     /// until the connection goes), so `SSE_MAX_CLIENTS` bounds them all.
     open: std::sync::atomic::AtomicUsize,
@@ -158,7 +159,7 @@ pub struct EventStreams {
 impl EventStreams {
     pub fn new(max_clients: usize) -> Arc<Self> {
         Arc::new(Self {
-            clients: Mutex::new(HashMap::new()),
+            clients: Mutex::new(Clients::default()),
             open: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             max_clients,
@@ -224,29 +225,25 @@ impl EventStreams {
         Ok(())
     }
 
-    fn lock_clients(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Client>>> {
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, Clients> {
         self.clients.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn cut_all(&self) {
         let mut clients = self.lock_clients();
-        self.dropped.fetch_add(clients.len() as u64, Ordering::Relaxed);
-        for (_, client) in clients.drain() {
+        self.dropped.fetch_add(clients.by_id.len() as u64, Ordering::Relaxed);
+        for client in clients.take_all() {
             client.outlet.close();
         }
     }
 
-    /// Sends `batch` to every client that wants any of it: one chunk per client. The client
-    /// list is copied first, so streams open and close while the writes go on.
+    /// Sends `batch` to every client that wants any of it: one chunk per client. The sweep
+    /// runs over the client list as it was when it began, so streams open and close meanwhile.
     fn dispatch(&self, batch: &[Arc<Rendered>]) {
-        let targets: Vec<(u64, Arc<Client>)> = self
-            .lock_clients()
-            .iter()
-            .filter(|(_, c)| batch.iter().any(|r| c.filter.wants(r)))
-            .map(|(id, c)| (*id, c.clone()))
-            .collect();
+        let targets = self.lock_clients().list();
         let mut gone = Vec::new();
-        for (id, client) in &targets {
+        for client in targets.iter().filter(|c| batch.iter().any(|r| c.filter.wants(r))) {
+            let id = client.id;
             let mut events = 0;
             let sent = client.outlet.send(|floor| {
                 let (id, count, chunk) = client.filter.chunk(batch, floor)?;
@@ -267,7 +264,7 @@ impl EventStreams {
                         );
                     }
                     client.outlet.close();
-                    gone.push(*id);
+                    gone.push(id);
                 }
             }
         }
@@ -287,8 +284,8 @@ impl EventStreams {
         self.open.fetch_add(1, Ordering::SeqCst);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let outlet = Outlet::new(CLIENT_QUEUE);
-        let client = Client { filter, outlet: outlet.clone(), connected_at_ms: now_ms(), sent: AtomicU64::new(0) };
-        clients.insert(id, Arc::new(client));
+        let client = Client { id, filter, outlet: outlet.clone(), connected_at_ms: now_ms(), sent: AtomicU64::new(0) };
+        clients.insert(Arc::new(client));
         Some((Registration { id, streams: self.clone() }, outlet))
     }
 
@@ -310,6 +307,7 @@ impl EventStreams {
     pub fn stats(&self) -> Value {
         let mut streams: Vec<(u64, Value)> = self
             .lock_clients()
+            .by_id
             .iter()
             .map(|(id, c)| {
                 (
@@ -333,6 +331,35 @@ impl EventStreams {
             "clients_dropped": self.dropped.load(Ordering::Relaxed),
             "streams": streams,
         })
+    }
+}
+
+/// The open streams by id, and the same as one list for the fan-out's sweeps: made again only
+/// after a stream opens or closes, so a sweep copies nothing per stream.
+#[derive(Default)]
+struct Clients {
+    by_id: HashMap<u64, Arc<Client>>,
+    list: Option<Arc<[Arc<Client>]>>,
+}
+
+impl Clients {
+    fn insert(&mut self, client: Arc<Client>) {
+        self.by_id.insert(client.id, client);
+        self.list = None;
+    }
+
+    fn remove(&mut self, id: &u64) -> Option<Arc<Client>> {
+        self.list = None;
+        self.by_id.remove(id)
+    }
+
+    fn take_all(&mut self) -> Vec<Arc<Client>> {
+        self.list = None;
+        self.by_id.drain().map(|(_, c)| c).collect()
+    }
+
+    fn list(&mut self) -> Arc<[Arc<Client>]> {
+        self.list.get_or_insert_with(|| self.by_id.values().cloned().collect()).clone()
     }
 }
 
@@ -499,4 +526,39 @@ impl Keepalive {
 
 pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.events.stats())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(id: u64) -> Arc<Client> {
+        let outlet = Outlet::new(1);
+        Arc::new(Client { id, filter: Filter::default(), outlet, connected_at_ms: 0, sent: AtomicU64::new(0) })
+    }
+
+    fn ids(list: &[Arc<Client>]) -> Vec<u64> {
+        let mut ids: Vec<u64> = list.iter().map(|c| c.id).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn the_sweep_list_follows_every_open_and_close_and_is_not_rebuilt_in_between() {
+        let mut clients = Clients::default();
+        clients.insert(client(1));
+        clients.insert(client(2));
+        let first = clients.list();
+        assert_eq!(ids(&first), [1, 2]);
+        assert!(Arc::ptr_eq(&first, &clients.list()), "no change, same list");
+
+        clients.insert(client(3));
+        assert_eq!(ids(&clients.list()), [1, 2, 3]);
+        assert!(clients.remove(&2).is_some());
+        assert_eq!(ids(&clients.list()), [1, 3]);
+        assert_eq!(ids(&first), [1, 2], "a sweep that began before keeps its own list");
+
+        assert_eq!(clients.take_all().len(), 2);
+        assert!(clients.list().is_empty());
+    }
 }
