@@ -186,14 +186,19 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
 }
 
 pub(super) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    proc_status_kib(pid, "VmRSS")
+}
+
+/// One of the memory figures in `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`, ...), in KiB.
+pub(super) fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .context("no VmRSS in /proc status")
+        .with_context(|| format!("no {field} in /proc status"))
 }
 
 /// Opens `count` subscribes that the server holds, then prints the server's memory per hold
