@@ -312,9 +312,13 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
     let addr = args.control_url.trim_start_matches("http://").trim_end_matches('/').to_string();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(args.streams);
     let delivered = Arc::new(AtomicU64::new(0));
+    // Every stream stays open until the last command is done: one that closed as soon as it
+    // had its events would put its disconnection on the server's core during the last sweep.
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(args.streams);
     for _ in 0..args.streams {
         let (addr, ready_tx, expected, delivered) = (addr.clone(), ready_tx.clone(), args.commands, delivered.clone());
+        let mut done = done_rx.clone();
         tasks.push(tokio::spawn(async move {
             let mut stream = StampedStream::open(&addr, "/api/events").await?;
             let _ = ready_tx.send(()).await;
@@ -324,6 +328,8 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
                 arrivals.extend(std::iter::repeat_n(arrival, arrival.events));
                 delivered.fetch_add(arrival.events as u64, Ordering::Relaxed);
             }
+            let _ = done.wait_for(|done| *done).await;
+            drop(stream);
             anyhow::Ok(arrivals)
         }));
     }
@@ -334,9 +340,11 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
     let after = args.server_pid.map(rss_kib).transpose()?;
     let sweeps_before = fan_out_sweeps(&control).await?;
     let mut sent_at = Vec::with_capacity(args.commands);
+    let mut answered = Vec::with_capacity(args.commands);
     for i in 0..args.commands {
         sent_at.push(SystemTime::now());
         let r = control.send(&command_request(&serial, 20.0 + i as f64 / 10.0)).await?;
+        answered.push(sent_at[i].elapsed().unwrap_or_default());
         anyhow::ensure!(r.status() == 200, "command answered {}", r.status());
         // The next command once every stream has read this one's event (or after 10 s), so
         // that one read never holds two commands' events and stamps the first one late.
@@ -347,15 +355,33 @@ pub async fn sse(args: SseArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = done_tx.send(true);
     let (mut at_socket, mut at_reader) = (Vec::new(), Vec::new());
+    // Per command: the first and the last arrival at a socket.
+    let mut spread = vec![(Duration::MAX, Duration::ZERO); sent_at.len()];
     for t in tasks {
         let arrivals = t.await.context("stream task")??;
         for (k, a) in arrivals.iter().enumerate().take(sent_at.len()) {
-            at_socket.push(a.kernel.duration_since(sent_at[k]).unwrap_or_default());
+            let kernel = a.kernel.duration_since(sent_at[k]).unwrap_or_default();
+            spread[k] = (spread[k].0.min(kernel), spread[k].1.max(kernel));
+            at_socket.push(kernel);
             at_reader.push(a.read.duration_since(sent_at[k]).unwrap_or_default());
         }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    // Where a slow command's time went: before the first stream had it (the command's own
+    // path: request, commit, hand-over to the fan-out) or between its first and last stream.
+    let mut slowest: Vec<usize> = (0..spread.len()).filter(|&k| spread[k].0 != Duration::MAX).collect();
+    slowest.sort_by_key(|&k| std::cmp::Reverse(spread[k].1));
+    let worst: Vec<String> = slowest
+        .iter()
+        .take(4)
+        .map(|&k| {
+            let (first, last) = spread[k];
+            format!("#{k}: answered {:.1}, first {:.1}, last {:.1} ms", ms(answered[k]), ms(first), ms(last))
+        })
+        .collect();
+    println!("bench-sse: slowest commands at the socket: {}", worst.join("; "));
     for (label, mut figures) in [("at the socket (kernel receive stamp)", at_socket), ("at the reader", at_reader)] {
         figures.sort();
         println!(
