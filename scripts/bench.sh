@@ -22,15 +22,23 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 mkdir -p "$BENCH_DIR"
 
+# Builds the tree in $1 and copies its binary to $2. Both trees share this tree's target
+# directory for the dependencies, and cargo names roost's own build units the same for both
+# (paths are hashed relative to each tree's root): with those units' fingerprints left in
+# place, the second build can pass for fresh and the copy would be the first tree's binary.
+build_into() {
+    rm -rf "$TARGET"/release/.fingerprint/roost-*
+    (cd "$1" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet)
+    cp "$TARGET/release/roost" "$2"
+}
 if [[ -z ${SKIP_BUILD:-} ]]; then
-    # The baseline is built from a plain export of BASE_REF, sharing this tree's target
-    # directory for the dependencies (only roost itself is compiled twice).
     rm -rf "$BENCH_DIR/base-src" && mkdir -p "$BENCH_DIR/base-src"
     git -C "$ROOT" archive "$BASE_REF" | tar -x -C "$BENCH_DIR/base-src"
-    (cd "$BENCH_DIR/base-src" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet)
-    cp "$TARGET/release/roost" "$BENCH_DIR/roost-base"
-    (cd "$ROOT" && cargo build --release --quiet)
-    cp "$TARGET/release/roost" "$BENCH_DIR/roost-new"
+    build_into "$BENCH_DIR/base-src" "$BENCH_DIR/roost-base"
+    build_into "$ROOT" "$BENCH_DIR/roost-new"
+    if cmp -s "$BENCH_DIR/roost-base" "$BENCH_DIR/roost-new" && ! git -C "$ROOT" diff --quiet "$BASE_REF" -- src; then
+        echo "the two builds are the same binary though the sources differ" && exit 1
+    fi
 fi
 SIM="taskset -c 1 $BENCH_DIR/roost-new sim"
 
