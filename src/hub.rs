@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{broadcast, mpsc};
+use futures_channel::mpsc;
+use tokio::sync::broadcast;
 
 use crate::state::Change;
 
@@ -80,7 +81,10 @@ impl Hub {
     /// Registers a held subscribe for `serial`. Past the per-device limit the oldest is ended
     /// (its queue closes, so it finishes with the terminal chunk).
     pub fn subscribe(self: &Arc<Self>, serial: &str) -> Subscription {
-        let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE);
+        // One per held subscribe, thousands at once: this channel allocates per message rather
+        // than a block up front, about 200 bytes against tokio's 800. Its capacity counts
+        // one slot for the sender.
+        let (tx, rx) = mpsc::channel(SUBSCRIBE_QUEUE - 1);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut held) = self.held.lock() {
             let list = held.entry(serial.to_string()).or_default();
@@ -167,7 +171,7 @@ impl Hub {
         if change.origin.wakes_device() && !change.buckets.is_empty() {
             if let Ok(mut held) = self.held.lock() {
                 if let Some(list) = held.get_mut(&change.serial) {
-                    list.retain(|h| h.tx.try_send(change.clone()).is_ok());
+                    list.retain_mut(|h| h.tx.try_send(change.clone()).is_ok());
                     if list.is_empty() {
                         held.remove(&change.serial);
                     }
@@ -175,5 +179,55 @@ impl Hub {
             }
         }
         let _ = self.feed.send(change);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::bucket::Bucket;
+    use crate::domain::sync::Origin;
+    use futures_util::StreamExt;
+
+    fn change(serial: &str, id: i64, origin: Origin) -> Arc<Change> {
+        let bucket = Bucket { revision: id, timestamp: id, value: Default::default(), updated_at: id };
+        Arc::new(Change {
+            id,
+            serial: serial.to_string(),
+            origin,
+            buckets: vec![(format!("shared.{serial}"), Arc::new(bucket))],
+            pending: Vec::new(),
+            deleted: false,
+            event: None,
+            at_ms: id,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_held_subscribe_queues_sixteen_pushes_and_is_ended_at_the_seventeenth() {
+        let hub = Hub::new(4);
+        let mut held = hub.subscribe("A");
+        for id in 1..=SUBSCRIBE_QUEUE as i64 {
+            hub.publish(change("A", id, Origin::Command));
+        }
+        assert_eq!(hub.held_count("A"), 1, "sixteen queued pushes keep it held");
+        hub.publish(change("A", 17, Origin::Command));
+        assert_eq!(hub.held_count("A"), 0, "the seventeenth ends it");
+        let mut ids = Vec::new();
+        while let Some(change) = held.rx.next().await {
+            ids.push(change.id);
+        }
+        assert_eq!(ids, (1..=16).collect::<Vec<_>>(), "what was queued arrives, then the end");
+    }
+
+    #[tokio::test]
+    async fn a_device_write_does_not_wake_its_own_subscribe_and_others_serials_are_apart() {
+        let hub = Hub::new(4);
+        let mut a = hub.subscribe("A");
+        let mut b = hub.subscribe("B");
+        hub.publish(change("A", 1, Origin::Device));
+        hub.publish(change("B", 2, Origin::Command));
+        assert!(a.rx.try_recv().is_err(), "the device's own write is not pushed back");
+        assert_eq!(b.rx.next().await.map(|c| c.id), Some(2));
     }
 }

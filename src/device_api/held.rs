@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -36,7 +37,7 @@ impl Held {
             let change = tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
                 _ = tokio::time::sleep_until(until) => return None,
-                change = self.subscription.rx.recv() => change?,
+                change = self.subscription.rx.next() => change?,
             };
             let mut changes = vec![change];
             while let Ok(more) = self.subscription.rx.try_recv() {
