@@ -128,7 +128,29 @@ where
 }
 
 /// One accepted connection, from TLS to the end of its last request (or of a detached response).
+///
+/// Two phases, each in a box of its own: a held subscribe or event stream keeps only the
+/// second (its writer, about a third of the first phase's state) for as long as it is held.
 async fn connection<H>(tcp: TcpStream, h1: Rc<H>, settings: Rc<Settings>) -> Result<(), ()>
+where
+    H: Service<(Lent, Option<SocketAddr>), Response = (), Error = actix_http::error::DispatchError>,
+{
+    if let Some(detached) = Box::pin(dispatch(tcp, h1, settings)).await {
+        Box::pin(detached.write()).await;
+    }
+    Ok(())
+}
+
+/// A response body detached from its dispatcher, with what writing it needs.
+struct DetachedResponse {
+    io: Rc<RefCell<Guarded<Stream>>>,
+    shared: Rc<Shared>,
+    body: detach::Detached,
+    peer: Option<SocketAddr>,
+}
+
+/// The connection's requests up to its end, or up to a detached response (returned).
+async fn dispatch<H>(tcp: TcpStream, h1: Rc<H>, settings: Rc<Settings>) -> Option<DetachedResponse>
 where
     H: Service<(Lent, Option<SocketAddr>), Response = (), Error = actix_http::error::DispatchError>,
 {
@@ -144,7 +166,7 @@ where
             Ok(tls) => Stream::Tls(tls),
             Err(e) => {
                 tracing::debug!(?peer, error = %e, "TLS handshake failed");
-                return Ok(());
+                return None;
             }
         },
     };
@@ -152,32 +174,43 @@ where
     let shared = io.shared();
     let io = Rc::new(RefCell::new(io));
     // Boxed, so that the dispatcher's memory is returned when a response is detached.
-    let result = match until_detached(Box::pin(h1.call((Lent(io.clone()), peer))), &shared).await {
-        Ok(result) => result,
-        Err(body) => {
-            // An outlet's writers on other threads need a socket they can share.
-            let socket = body.outlet.as_ref().and_then(|_| io.try_borrow_mut().ok()?.get_mut().share());
-            let mut io = Lent(io);
-            let written = detach::stream(&mut io, body, socket).await;
-            if let Err(e) = written.and(io.shutdown().await) {
-                tracing::debug!(?peer, error = %e, "detached response ended with an error");
-            }
-            Ok(())
+    match until_detached(Box::pin(h1.call((Lent(io.clone()), peer))), &shared).await {
+        Ok(result) => {
+            report(peer, &shared, &result);
+            None
         }
-    };
+        Err(body) => Some(DetachedResponse { io, shared, body, peer }),
+    }
+}
+
+impl DetachedResponse {
+    async fn write(self) {
+        let DetachedResponse { io, shared, body, peer } = self;
+        // An outlet's writers on other threads need a socket they can share.
+        let socket = body.outlet.as_ref().and_then(|_| io.try_borrow_mut().ok()?.get_mut().share());
+        let mut io = Lent(io);
+        let written = detach::stream(&mut io, body, socket).await;
+        if let Err(e) = written.and(io.shutdown().await) {
+            tracing::debug!(?peer, error = %e, "detached response ended with an error");
+        }
+        report(peer, &shared, &Ok(()));
+    }
+}
+
+/// Logs how a connection ended and counts what it did wrong.
+fn report(peer: Option<SocketAddr>, shared: &Shared, result: &Result<(), actix_http::error::DispatchError>) {
     let incidents = shared.incidents();
-    let malformed = incidents.malformed.map(String::from).or_else(|| match &result {
+    let malformed = incidents.malformed.map(String::from).or_else(|| match result {
         Err(actix_http::error::DispatchError::Parse(e)) => Some(e.to_string()),
         _ => None,
     });
     if let Some(reason) = &malformed {
         tracing::debug!(?peer, %reason, "malformed request refused");
     }
-    if let Err(e) = &result {
+    if let Err(e) = result {
         tracing::debug!(?peer, error = %e, "connection ended with an error");
     }
     NOISE.count(malformed.is_some(), incidents.timed_out);
-    Ok(())
 }
 
 /// Runs the dispatcher until it finishes, or until a response body was detached and the
