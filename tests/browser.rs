@@ -7,6 +7,7 @@
 #[path = "api/helpers.rs"]
 mod helpers;
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 /// A chromedriver process and one browser session.
 struct Browser {
     driver: Child,
+    port: u16,
     client: Client,
     session: String,
 }
@@ -54,7 +56,7 @@ impl Browser {
         }}}});
         let r = client.send(&Request::post("/session").json(&caps)).await.unwrap().json().unwrap();
         let session = r["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {r}")).to_string();
-        Browser { driver, client, session }
+        Browser { driver, port, client, session }
     }
 
     async fn call(&self, method: &str, path: &str, body: Value) -> Value {
@@ -116,8 +118,21 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the session first: chromedriver then quits its Chromium, which killing chromedriver
+    /// alone would leave running (a dozen processes per test) after the tests are done.
     fn drop(&mut self) {
+        if let Ok(mut conn) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session, self.port
+            );
+            if conn.write_all(request.as_bytes()).is_ok() {
+                let _ = conn.read_to_end(&mut Vec::new());
+            }
+        }
         let _ = self.driver.kill();
+        let _ = self.driver.wait();
     }
 }
 
