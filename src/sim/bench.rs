@@ -186,19 +186,28 @@ pub async fn put(args: PutArgs) -> anyhow::Result<()> {
 }
 
 pub(super) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    proc_status_kib(pid, "VmRSS")
+    ProcStatus::read(pid)?.kib("VmRSS")
 }
 
-/// One of the memory figures in `/proc/<pid>/status` (`VmRSS`, `RssAnon`, `RssFile`, ...), in KiB.
-pub(super) fn proc_status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no {field} in /proc status"))
+/// `/proc/<pid>/status`, read once so that the figures taken from it belong together.
+pub(super) struct ProcStatus(String);
+
+impl ProcStatus {
+    pub(super) fn read(pid: u32) -> anyhow::Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("reading /proc/{pid}/status"))?;
+        Ok(Self(status))
+    }
+
+    /// One of its memory figures (`VmRSS`, `RssAnon`, `RssFile`, ...), in KiB.
+    pub(super) fn kib(&self, field: &str) -> anyhow::Result<u64> {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no {field} in /proc status"))
+    }
 }
 
 /// Opens `count` subscribes that the server holds, then prints the server's memory per hold

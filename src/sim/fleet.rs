@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::bench::{boot_request, command_request, device_client, percentile, proc_status_kib, rss_kib};
+use super::bench::{ProcStatus, boot_request, command_request, device_client, percentile, rss_kib};
 use super::cli::sim_serial;
 use super::http::{Client, Conn, Request};
 
@@ -250,11 +250,12 @@ pub async fn fleet(args: FleetArgs) -> anyhow::Result<()> {
         puts.sort();
         pushes.sort();
         let held = held_subscribes(&control).await.unwrap_or(-1);
+        let memory = ProcStatus::read(args.server_pid)?;
         println!(
             "fleet: minute {minute:>2}: server RSS {} KiB (heap {} KiB, files {} KiB), {held} held; {} PUTs p50 {:.1} ms p99 {:.1} ms; {} pushes p50 {:.1} ms p99 {:.1} ms; {} stream events; errors {}",
-            rss_kib(args.server_pid)?,
-            proc_status_kib(args.server_pid, "RssAnon")?,
-            proc_status_kib(args.server_pid, "RssFile")? + proc_status_kib(args.server_pid, "RssShmem")?,
+            memory.kib("VmRSS")?,
+            memory.kib("RssAnon")?,
+            memory.kib("RssFile")? + memory.kib("RssShmem")?,
             puts.len(),
             ms(percentile(&puts, 0.5)),
             ms(percentile(&puts, 0.99)),
