@@ -35,11 +35,13 @@ pub fn server_config(dir: &Path) -> anyhow::Result<ServerConfig> {
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .with_context(|| format!("reading the private key {}", key_path.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .context("choosing TLS versions")?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .context("the certificate and private key do not form a usable pair")?;
+    // A held response keeps only its send key once its head is out (`conn::sealed`).
+    config.enable_secret_extraction = true;
     Ok(config)
 }

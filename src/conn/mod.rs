@@ -12,6 +12,7 @@ mod framing;
 mod guarded;
 pub mod outlet;
 mod request_line;
+mod sealed;
 
 use std::cell::RefCell;
 use std::error::Error as StdError;
@@ -186,9 +187,13 @@ where
 impl DetachedResponse {
     async fn write(self) {
         let DetachedResponse { io, shared, body, peer } = self;
-        // An outlet's writers on other threads need a socket they can share.
-        let socket = body.outlet.as_ref().and_then(|_| io.try_borrow_mut().ok()?.get_mut().share());
         let mut io = Lent(io);
+        // TLS keeps only its sending half from here on, once the head is out.
+        if io.flush().await.is_ok() {
+            io.seal();
+        }
+        // An outlet's writers on other threads need a socket they can share.
+        let socket = body.outlet.as_ref().and_then(|_| io.0.try_borrow_mut().ok()?.get_mut().share());
         let written = detach::stream(&mut io, body, socket).await;
         if let Err(e) = written.and(io.shutdown().await) {
             tracing::debug!(?peer, error = %e, "detached response ended with an error");
@@ -346,6 +351,12 @@ impl Lent {
         self.0.try_borrow().ok().map(|io| io.shared())
     }
 
+    fn seal(&self) {
+        if let Ok(mut io) = self.0.try_borrow_mut() {
+            io.get_mut().seal();
+        }
+    }
+
     fn with<R>(
         &self,
         f: impl FnOnce(Pin<&mut Guarded<Stream>>) -> Poll<std::io::Result<R>>,
@@ -395,11 +406,29 @@ pub enum Stream {
     /// A plain socket shared with writers on other threads (a detached body's outlet).
     Shared(Arc<TcpStream>),
     Tls(Box<TlsStream<TcpStream>>),
-    /// Only while a plain socket becomes a shared one.
+    /// TLS that only sends from now on (a detached response).
+    Sealed(Box<sealed::Sealed>),
+    /// Only while a plain socket becomes a shared one or TLS a sealed one (or when that failed).
     Closed,
 }
 
 impl Stream {
+    /// TLS reduced to its sending half ([`sealed`]), once everything rustls had to send is out;
+    /// otherwise left as it is.
+    fn seal(&mut self) {
+        match self {
+            Stream::Tls(tls) if !tls.get_ref().1.wants_write() => {}
+            _ => return,
+        }
+        let Stream::Tls(tls) = std::mem::replace(self, Stream::Closed) else { return };
+        let (tcp, conn) = tls.into_inner();
+        match sealed::Sealer::take(conn) {
+            Ok(sealer) => *self = Stream::Sealed(Box::new(sealed::Sealed::new(tcp, sealer))),
+            // Not expected (extraction is enabled for every suite offered); the connection ends.
+            Err(e) => tracing::warn!(error = %e, "could not take a TLS connection's send key"),
+        }
+    }
+
     /// The socket, shared from now on; `None` for TLS.
     fn share(&mut self) -> Option<Arc<TcpStream>> {
         if let Stream::Plain(_) = self {
@@ -453,6 +482,7 @@ impl AsyncRead for Stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Shared(s) => poll_read_shared(s, cx, buf),
             Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Sealed(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -464,6 +494,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Shared(s) => poll_write_shared(s, cx, &[std::io::IoSlice::new(buf)]),
             Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Sealed(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -477,6 +508,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Shared(s) => poll_write_shared(s, cx, bufs),
             Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Sealed(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -484,7 +516,7 @@ impl AsyncWrite for Stream {
     fn is_write_vectored(&self) -> bool {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Shared(_) => true,
+            Stream::Shared(_) | Stream::Sealed(_) => true,
             Stream::Tls(s) => s.is_write_vectored(),
             Stream::Closed => false,
         }
@@ -495,6 +527,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Shared(_) | Stream::Closed => Poll::Ready(Ok(())),
             Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Stream::Sealed(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -503,6 +536,7 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Shared(s) => Poll::Ready(socket2::SockRef::from(&**s).shutdown(std::net::Shutdown::Write)),
             Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Sealed(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }

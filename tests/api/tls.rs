@@ -94,20 +94,49 @@ async fn a_missing_certificate_stops_start_up_with_a_clear_message() {
     assert!(format!("{err:#}").contains("fullchain.pem"), "{err:#}");
 }
 
+/// Once its head is out, a held response keeps only TLS' send key (`conn::sealed`): its pushes,
+/// its end and its `close_notify` are sealed by roost, and rustls' client must open them all.
 #[tokio::test]
 async fn a_held_subscribe_over_tls_gets_its_push_and_ends_with_close_notify() {
     let (app, cert, _tmp) = tls_app().await;
-    let client = tls_client(&app.device_url, &cert, &rustls::version::TLS12);
-    let mut t = roost::sim::Thermostat::new(client, SERIAL);
+    for (version, target) in [(&rustls::version::TLS12, 19.5), (&rustls::version::TLS13, 18.5)] {
+        let client = tls_client(&app.device_url, &cert, version);
+        let mut t = roost::sim::Thermostat::new(client, SERIAL);
+        t.boot(20.0).await.unwrap();
+        t.subscribe_once().await.unwrap();
+        let (mut conn, head) = t.open_subscribe().await.unwrap();
+        assert_eq!(head.header("connection"), Some("close"));
+        app.command(SERIAL, "set_temperature", json!(target)).await;
+        let chunk = conn.next_chunk_within(WAIT).await.unwrap().expect("the push");
+        assert_eq!(chunk_json(&chunk)["objects"][0]["value"]["target_temperature"], json!(target), "{version:?}");
+        assert_eq!(conn.next_chunk_within(WAIT).await.unwrap(), None, "the terminal chunk");
+        // A close without close_notify would be an error here (a truncation to the client).
+        let rest = tokio::time::timeout(WAIT, conn.read_until_closed()).await.expect("closed").unwrap();
+        assert!(rest.is_empty());
+    }
+}
+
+/// A held TLS subscribe no longer reads through rustls; its thermostat hanging up must still
+/// release it.
+#[tokio::test]
+async fn a_held_tls_subscribe_is_released_when_its_thermostat_hangs_up() {
+    let (app, cert, _tmp) = tls_app().await;
+    let mut t = roost::sim::Thermostat::new(tls_client(&app.device_url, &cert, &rustls::version::TLS12), SERIAL);
     t.boot(20.0).await.unwrap();
     t.subscribe_once().await.unwrap();
-    let (mut conn, head) = t.open_subscribe().await.unwrap();
-    assert_eq!(head.header("connection"), Some("close"));
-    app.command(SERIAL, "set_temperature", json!(19.5)).await;
-    let chunk = conn.next_chunk_within(WAIT).await.unwrap().expect("the push");
-    assert_eq!(chunk_json(&chunk)["objects"][0]["value"]["target_temperature"], json!(19.5));
-    assert_eq!(conn.next_chunk_within(WAIT).await.unwrap(), None, "the terminal chunk");
-    // A close without close_notify would be an error here (a truncation to the client).
-    let rest = tokio::time::timeout(WAIT, conn.read_until_closed()).await.expect("closed").unwrap();
-    assert!(rest.is_empty());
+    let held = || async {
+        let s = app.control.send(&Request::get("/api/stats")).await.unwrap().json().unwrap();
+        s["subscriptions"]["total_subscriptions"].as_u64().unwrap()
+    };
+    let (conn, _) = t.open_subscribe().await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while held().await != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "held");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    drop(conn);
+    while held().await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "released when the thermostat hung up");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
