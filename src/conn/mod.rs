@@ -188,12 +188,9 @@ impl DetachedResponse {
     async fn write(self) {
         let DetachedResponse { io, shared, body, peer } = self;
         let mut io = Lent(io);
-        // TLS keeps only its sending half from here on, once the head is out.
-        if io.flush().await.is_ok() {
-            io.seal();
-        }
+        io.seal().await;
         // An outlet's writers on other threads need a socket they can share.
-        let socket = body.outlet.as_ref().and_then(|_| io.0.try_borrow_mut().ok()?.get_mut().share());
+        let socket = body.outlet.as_ref().and_then(|_| io.with_stream(Stream::share)?);
         let written = detach::stream(&mut io, body, socket).await;
         if let Err(e) = written.and(io.shutdown().await) {
             tracing::debug!(?peer, error = %e, "detached response ended with an error");
@@ -351,9 +348,15 @@ impl Lent {
         self.0.try_borrow().ok().map(|io| io.shared())
     }
 
-    fn seal(&self) {
-        if let Ok(mut io) = self.0.try_borrow_mut() {
-            io.get_mut().seal();
+    fn with_stream<R>(&self, f: impl FnOnce(&mut Stream) -> R) -> Option<R> {
+        self.0.try_borrow_mut().ok().map(|mut io| f(io.get_mut()))
+    }
+
+    /// TLS keeps only its sending half from here on ([`sealed`]): settled, flushed (the head
+    /// and anything rustls queued go out under its own keys), then sealed.
+    async fn seal(&mut self) {
+        if self.with_stream(Stream::settle) == Some(true) && self.flush().await.is_ok() {
+            self.with_stream(Stream::seal);
         }
     }
 
@@ -413,19 +416,33 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// TLS reduced to its sending half ([`sealed`]), once everything rustls had to send is out;
-    /// otherwise left as it is.
-    fn seal(&mut self) {
+    /// Readies TLS for [`Stream::seal`] (see [`sealed::settle`]); false when it will not be sealed.
+    fn settle(&mut self) -> bool {
         match self {
-            Stream::Tls(tls) if !tls.get_ref().1.wants_write() => {}
-            _ => return,
+            Stream::Tls(tls) => sealed::settle(tls.get_mut().1),
+            _ => false,
         }
+    }
+
+    /// TLS reduced to its sending half ([`sealed`]) once settled and flushed; otherwise left
+    /// as it is.
+    fn seal(&mut self) {
+        let Stream::Tls(_) = self else { return };
         let Stream::Tls(tls) = std::mem::replace(self, Stream::Closed) else { return };
-        let (tcp, conn) = tls.into_inner();
-        match sealed::Sealer::take(conn) {
-            Ok(sealer) => *self = Stream::Sealed(Box::new(sealed::Sealed::new(tcp, sealer))),
+        match sealed::seal(tls) {
+            Ok(sealed) => {
+                *self = Stream::Sealed(Box::new(sealed));
+                crate::telemetry::tls::SEALING.sealed();
+            }
+            Err(sealed::Unsealed::Kept(tls)) => {
+                *self = Stream::Tls(tls);
+                crate::telemetry::tls::SEALING.kept();
+            }
             // Not expected (extraction is enabled for every suite offered); the connection ends.
-            Err(e) => tracing::warn!(error = %e, "could not take a TLS connection's send key"),
+            Err(sealed::Unsealed::Failed(e)) => {
+                tracing::warn!(error = %e, "could not take a TLS connection's send key");
+                crate::telemetry::tls::SEALING.kept();
+            }
         }
     }
 

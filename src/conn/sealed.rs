@@ -19,6 +19,7 @@ use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::{ConnectionTrafficSecrets, ProtocolVersion, ServerConnection};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 
 /// Largest plaintext in one record (RFC 8446 §5.1, RFC 5246 §6.2.1).
 const MAX_FRAGMENT: usize = 16 * 1024;
@@ -46,6 +47,38 @@ enum Format {
     Tls13,
 }
 
+/// Brings rustls up to date before its send key is taken: records it has read are processed,
+/// and an answer it parks until the next write (to a TLS 1.3 `KeyUpdate`, sealed under the key
+/// being replaced) is queued to be sent. False when the connection must not be sealed: the
+/// peer has closed, or rustls has failed.
+pub fn settle(conn: &mut ServerConnection) -> bool {
+    match conn.process_new_packets() {
+        Ok(state) if !state.peer_has_closed() => {}
+        _ => return false,
+    }
+    // An empty write adds no record, but queues a parked KeyUpdate answer.
+    io::Write::write(&mut conn.writer(), &[]).is_ok()
+}
+
+/// Why a TLS stream was not sealed.
+pub enum Unsealed {
+    /// Not ready ([`settle`] refused, or records are still to be sent): here it is back.
+    Kept(Box<TlsStream<TcpStream>>),
+    /// rustls gave no send key; the connection is gone.
+    Failed(rustls::Error),
+}
+
+/// Reduces `tls` to its send key, once [`settle`]d and flushed.
+pub fn seal(mut tls: Box<TlsStream<TcpStream>>) -> Result<Sealed, Unsealed> {
+    let conn = tls.get_mut().1;
+    if !settle(conn) || conn.wants_write() {
+        return Err(Unsealed::Kept(tls));
+    }
+    let (tcp, conn) = tls.into_inner();
+    let sealer = Sealer::take(conn).map_err(Unsealed::Failed)?;
+    Ok(Sealed::new(tcp, sealer))
+}
+
 /// The send key of a TLS connection and its record sequence number.
 pub struct Sealer {
     key: LessSafeKey,
@@ -57,7 +90,7 @@ pub struct Sealer {
 impl Sealer {
     /// Takes the send key out of `conn`, whose handshake is done and whose records are all
     /// sent; the rest of `conn` is dropped.
-    pub fn take(conn: ServerConnection) -> Result<Self, rustls::Error> {
+    fn take(conn: ServerConnection) -> Result<Self, rustls::Error> {
         let unsupported = |what: &str| rustls::Error::General(format!("cannot seal records of {what}"));
         let version = conn.protocol_version();
         let (seq, secrets) = conn.dangerous_extract_secrets()?.tx;
@@ -84,7 +117,9 @@ impl Sealer {
     }
 
     fn seal_record(&mut self, typ: u8, fragment: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        if self.seq >= RECORD_LIMIT {
+        // The last record of the key is kept for close_notify.
+        let limit = if typ == ALERT { RECORD_LIMIT } else { RECORD_LIMIT - 1 };
+        if self.seq >= limit {
             return Err(io::Error::other("TLS record limit of this key reached"));
         }
         let seq = self.seq;
@@ -145,7 +180,7 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    pub fn new(tcp: TcpStream, sealer: Sealer) -> Self {
+    fn new(tcp: TcpStream, sealer: Sealer) -> Self {
         Self { tcp, sealer, unsent: Vec::new(), sent: 0, close_notify_sealed: false }
     }
 
@@ -218,12 +253,27 @@ impl AsyncWrite for Sealed {
 }
 
 impl AsyncRead for Sealed {
-    /// Reads nothing, ever: the end of the connection, or bytes this end can no longer open
-    /// (the peer's `close_notify`, most likely), are both its end.
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, _: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let mut scratch = [0u8; 64];
-        let mut discard = ReadBuf::new(&mut scratch);
-        ready!(Pin::new(&mut self.get_mut().tcp).poll_read(cx, &mut discard))?;
+    /// Before the close, reads nothing, ever: the end of the connection, or bytes this end can
+    /// no longer open (most likely the peer's `close_notify`), are both its end. Those bytes
+    /// are read and dropped first, as far as they have arrived. After `close_notify` is sent,
+    /// the peer's bytes are passed on as they are, for the closing drain to discard up to the
+    /// peer's FIN (unread bytes would turn the close into a reset).
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.close_notify_sealed {
+            return Pin::new(&mut this.tcp).poll_read(cx, buf);
+        }
+        let mut scratch = [0u8; 1024];
+        // Bounded, so a peer that keeps sending cannot keep this end reading.
+        for round in 0..16 {
+            let mut discard = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.tcp).poll_read(cx, &mut discard) {
+                Poll::Ready(Ok(())) if !discard.filled().is_empty() => {}
+                Poll::Pending if round == 0 => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) | Poll::Pending => break,
+            }
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -241,12 +291,15 @@ mod tests {
 
     use super::*;
 
-    /// A real handshake over loopback; the server side then written through [`Sealed`] and
-    /// read by rustls' client, which checks every record and wants a `close_notify` at the end.
-    async fn sealed_pair(
+    type Server = Box<TlsStream<TcpStream>>;
+    type Client = tokio_rustls::client::TlsStream<TcpStream>;
+
+    /// A real handshake over loopback with one protocol version and cipher suite, and two
+    /// records sealed by rustls, so the sequence number carried over is not 0.
+    async fn tls_pair(
         version: &'static SupportedProtocolVersion,
         suite: rustls::SupportedCipherSuite,
-    ) -> (Sealed, tokio_rustls::client::TlsStream<TcpStream>) {
+    ) -> (Server, Client) {
         let cert = rcgen::generate_simple_self_signed(vec!["roost.test".to_string()]).unwrap();
         let provider =
             Arc::new(CryptoProvider { cipher_suites: vec![suite], ..rustls::crypto::ring::default_provider() });
@@ -275,9 +328,8 @@ mod tests {
             tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, tcp).await.unwrap()
         });
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut tls = tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(tcp).await.unwrap();
+        let mut tls = Box::new(tokio_rustls::TlsAcceptor::from(Arc::new(server)).accept(tcp).await.unwrap());
         let mut client = connecting.await.unwrap();
-        // Records sealed by rustls first, so the sequence number carried over is not 0.
         for word in [&b"one "[..], b"two "] {
             tls.write_all(word).await.unwrap();
             tls.flush().await.unwrap();
@@ -285,8 +337,24 @@ mod tests {
         let mut first = [0u8; 8];
         client.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"one two ");
-        let (tcp, conn) = tls.into_inner();
-        (Sealed::new(tcp, Sealer::take(conn).unwrap()), client)
+        (tls, client)
+    }
+
+    /// What the connection does with a detached response's TLS: settle, flush, seal.
+    async fn settled_and_sealed(mut tls: Server) -> Result<Sealed, Unsealed> {
+        if settle(tls.get_mut().1) {
+            tls.flush().await.unwrap();
+        }
+        seal(tls)
+    }
+
+    async fn sealed_pair(
+        version: &'static SupportedProtocolVersion,
+        suite: rustls::SupportedCipherSuite,
+    ) -> (Sealed, Client) {
+        let (tls, client) = tls_pair(version, suite).await;
+        let Ok(sealed) = settled_and_sealed(tls).await else { panic!("not sealed") };
+        (sealed, client)
     }
 
     #[tokio::test]
@@ -335,14 +403,47 @@ mod tests {
         assert_eq!(n, 0);
     }
 
+    /// rustls answers a TLS 1.3 `KeyUpdate` only with its next write, under the key it then
+    /// replaces; sealing without sending that answer first would seal with a key the peer does
+    /// not have yet.
+    #[tokio::test]
+    async fn a_key_update_answered_before_the_seal_keeps_the_peer_in_step() {
+        let (mut tls, mut client) = tls_pair(&rustls::version::TLS13, cipher_suite::TLS13_AES_128_GCM_SHA256).await;
+        client.get_mut().1.refresh_traffic_keys().unwrap();
+        client.write_all(b"ping").await.unwrap();
+        client.flush().await.unwrap();
+        let mut ping = [0u8; 4];
+        tls.read_exact(&mut ping).await.unwrap();
+        let Ok(mut sealed) = settled_and_sealed(tls).await else { panic!("not sealed") };
+        sealed.write_all(b"after the key update").await.unwrap();
+        sealed.shutdown().await.unwrap();
+        let mut seen = Vec::new();
+        client.read_to_end(&mut seen).await.unwrap();
+        assert_eq!(seen, b"after the key update");
+    }
+
+    /// A peer whose `close_notify` rustls has already read is not sealed: rustls reports the end.
+    #[tokio::test]
+    async fn a_connection_the_peer_has_closed_is_left_to_rustls() {
+        let (mut tls, mut client) =
+            tls_pair(&rustls::version::TLS12, cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).await;
+        client.shutdown().await.unwrap();
+        let mut buf = [0u8; 4];
+        assert_eq!(tls.read(&mut buf).await.unwrap(), 0);
+        assert!(matches!(settled_and_sealed(tls).await, Err(Unsealed::Kept(_))));
+    }
+
     #[test]
     fn the_sequence_number_is_xored_into_the_nonce_and_the_key_stops_at_its_limit() {
         let key = LessSafeKey::new(UnboundKey::new(&aead::AES_128_GCM, &[7; 16]).unwrap());
-        let mut sealer = Sealer { key, iv: [0; 12], seq: RECORD_LIMIT - 1, format: Format::Tls12ExplicitNonce };
+        let mut sealer = Sealer { key, iv: [0; 12], seq: RECORD_LIMIT - 2, format: Format::Tls12ExplicitNonce };
         let mut out = Vec::new();
         sealer.seal(APPLICATION_DATA, b"x", &mut out).unwrap();
         assert_eq!(&out[..5], &[23, 3, 3, 0, 25]);
-        assert_eq!(&out[5..13], &(RECORD_LIMIT - 1).to_be_bytes());
+        assert_eq!(&out[5..13], &(RECORD_LIMIT - 2).to_be_bytes());
+        // The key's last record is close_notify's.
         assert!(sealer.seal(APPLICATION_DATA, b"y", &mut out).is_err());
+        sealer.seal(ALERT, &CLOSE_NOTIFY, &mut out).unwrap();
+        assert!(sealer.seal(ALERT, &CLOSE_NOTIFY, &mut out).is_err());
     }
 }

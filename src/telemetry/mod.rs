@@ -6,6 +6,7 @@ pub mod exposition;
 pub mod process;
 pub mod requests;
 pub mod series;
+pub mod tls;
 
 use tracing_subscriber::EnvFilter;
 
