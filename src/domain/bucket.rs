@@ -70,13 +70,38 @@ pub fn bucket_type(key: &str) -> &str {
     key.split_once('.').map_or(key, |(t, _)| t)
 }
 
-/// Shallow merge: existing keys keep their position, new keys are appended.
-pub fn merged(base: &Fields, update: &Fields) -> Fields {
-    let mut out = base.clone();
-    for (k, v) in update {
-        out.insert(k.clone(), v.clone());
+/// Shallow merge of `update` over `base` (none: a new bucket): existing keys keep their
+/// position, new keys are appended in `update`'s order. The result is [`compact`].
+pub fn merged(base: Option<&Fields>, update: &Fields) -> Fields {
+    let Some(base) = base else { return compact(update) };
+    let added = update.keys().filter(|k| !base.contains_key(*k)).count();
+    let mut out = Fields::with_capacity(base.len() + added);
+    for (k, v) in base {
+        out.insert(k.clone(), compact_value(update.get(k).unwrap_or(v)));
+    }
+    for (k, v) in update.iter().filter(|(k, _)| !base.contains_key(*k)) {
+        out.insert(k.clone(), compact_value(v));
     }
     out
+}
+
+/// A deep copy whose maps and arrays hold exactly their entries. A thermostat's buckets live
+/// as long as it does, and a plain clone (or a parse) leaves each map's entries at its hash
+/// table's capacity, which indexmap reserves up to: up to 75 % more entries, of 112 bytes each.
+pub fn compact(fields: &Fields) -> Fields {
+    let mut out = Fields::with_capacity(fields.len());
+    for (k, v) in fields {
+        out.insert(k.clone(), compact_value(v));
+    }
+    out
+}
+
+fn compact_value(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(compact(map)),
+        Value::Array(items) => Value::Array(items.iter().map(compact_value).collect()),
+        other => other.clone(),
+    }
 }
 
 /// Fields whose presence in an immediate reply asks the device to confirm at once.
@@ -213,6 +238,26 @@ pub(crate) fn entry_from(obj: &Fields, inline_fields: bool, at: &str) -> Result<
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn fields(v: Value) -> Fields {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn a_merge_keeps_places_appends_new_keys_and_copies_deeply_as_written() {
+        let base = fields(json!({"a": 1, "b": {"x": [1, 2.0, {"y": "z"}]}, "c": 21.0}));
+        let update = fields(json!({"d": [], "c": 21, "e": {"f": null}}));
+        let out = merged(Some(&base), &update);
+        assert_eq!(
+            serde_json::to_string(&out).unwrap(),
+            r#"{"a":1,"b":{"x":[1,2.0,{"y":"z"}]},"c":21,"d":[],"e":{"f":null}}"#
+        );
+        assert_eq!(merged(None, &update), update);
+        assert_eq!(compact(&base), base);
+    }
 
     #[test]
     fn wire_order_and_number_forms_are_kept() {

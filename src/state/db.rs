@@ -125,7 +125,8 @@ pub fn parse_stored_object(text: &str) -> Option<serde_json::Map<String, serde_j
         .ok()
         .or_else(|| serde_json::Value::from_str(&replace_non_json_numbers(text)).ok())?;
     match parsed {
-        serde_json::Value::Object(map) => Some(map),
+        // Kept for as long as the thermostat exists: without the room a parse leaves.
+        serde_json::Value::Object(map) => Some(crate::domain::bucket::compact(&map)),
         serde_json::Value::Null => Some(serde_json::Map::new()),
         _ => None,
     }

@@ -76,7 +76,7 @@ impl Planner for PutRequest {
             // What a refused write did to the pending commands is undone with it.
             let before = ledger.clone();
             let merge = ledger.report(&key, fields, current, false);
-            let value = existing.as_ref().map_or_else(|| merge.clone(), |e| merged(&e.value, &merge));
+            let value = merged(existing.as_deref().map(|e| &e.value), &merge);
             let behind = ledger.behind(&key);
             let (outcome, bucket) = match write(existing.as_deref(), value, ctx.now_ms, Bump::IfChanged) {
                 Some(b) => match draft.put(&key, b) {

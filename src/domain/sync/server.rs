@@ -87,10 +87,8 @@ impl Planner for CommandRequest {
         for w in planned.writes {
             let key = key(w.target);
             let existing = draft.get(&key).cloned();
-            let value = match (&existing, w.replace) {
-                (Some(e), false) => merged(&e.value, &w.fields),
-                _ => w.fields.clone(),
-            };
+            let base = existing.as_deref().filter(|_| !w.replace).map(|e| &e.value);
+            let value = merged(base, &w.fields);
             let Some(bucket) = write(existing.as_deref(), value, ctx.now_ms, Bump::Always) else { continue };
             let version_ts = bucket.timestamp;
             if draft.put(&key, bucket).is_none() {
@@ -130,7 +128,7 @@ impl Planner for PairRequest {
         let mut draft = Draft::new(state, ctx);
         for (key, fields) in pairing_buckets(&self.serial, &self.owner) {
             let existing = draft.get(&key).cloned();
-            let value = existing.as_ref().map_or_else(|| fields.clone(), |e| merged(&e.value, &fields));
+            let value = merged(existing.as_deref().map(|e| &e.value), &fields);
             if let Some(b) = write(existing.as_deref(), value, ctx.now_ms, Bump::Always) {
                 draft.put(&key, b);
             }

@@ -197,7 +197,7 @@ fn apply_device_values(
         }
         f
     };
-    let value = |merge: &Fields| existing.as_ref().map_or_else(|| merge.clone(), |e| merged(&e.value, merge));
+    let value = |merge: &Fields| merged(existing.as_deref().map(|e| &e.value), merge);
     let bucket = if device == Version::NONE {
         let merge = ledger.report(key, with_weave(fields.clone()), current, false);
         write(existing.as_deref(), value(&merge), ctx.now_ms, Bump::IfChanged)
