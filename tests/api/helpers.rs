@@ -122,6 +122,21 @@ impl TestApp {
         self.device.send(&req).await.expect("listing").json().expect("listing JSON")
     }
 
+    /// Awaits `n` held subscribes (`/api/stats`): a held subscribe may show nothing on the
+    /// wire, and its release follows the peer's close.
+    pub async fn wait_held(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let stats = self.control.send(&Request::get("/api/stats")).await.unwrap().json().unwrap();
+            let held = stats["subscriptions"]["total_subscriptions"].as_u64();
+            if held == Some(n) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{n} held subscribes expected, {held:?} seen");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn control_post(&self, path: &str, body: Value) -> Response {
         self.control.send(&Request::post(path).json(&body)).await.expect("control request")
     }

@@ -135,19 +135,8 @@ async fn a_held_tls_subscribe_is_released_when_its_thermostat_hangs_up() {
     let mut t = roost::sim::Thermostat::new(tls_client(&app.device_url, &cert, &rustls::version::TLS12), SERIAL);
     t.boot(20.0).await.unwrap();
     t.subscribe_once().await.unwrap();
-    let held = || async {
-        let s = app.control.send(&Request::get("/api/stats")).await.unwrap().json().unwrap();
-        s["subscriptions"]["total_subscriptions"].as_u64().unwrap()
-    };
     let (conn, _) = t.open_subscribe().await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while held().await != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "held");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    app.wait_held(1).await;
     drop(conn);
-    while held().await != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "released when the thermostat hung up");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    app.wait_held(0).await;
 }

@@ -249,23 +249,12 @@ async fn a_versioned_subscribe_is_withheld_until_an_empty_answer_and_released_wh
 
     let app = TestApp::start(&[]).await;
     v3_put(&app, "/nest/transport/v3/put", V40, json!({"shared": {SERIAL: {"target_temperature": 21.5}}})).await;
-    let stats = || async {
-        let s = app.control.send(&Request::get("/api/stats")).await.unwrap().json().unwrap();
-        s["subscriptions"]["total_subscriptions"].as_u64().unwrap()
-    };
     let mut conn = app.device.connect().await.unwrap();
     let held = json!({"keys": [{"key": shared_key(), "version": 1, "timestamp": i64::MAX / 2}]});
     conn.send_request(&v3_req("POST", "/nest/transport/v3/subscribe", V40).json(&held)).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while stats().await != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "held");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    app.wait_held(1).await;
     drop(conn);
-    while stats().await != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "released when the thermostat hung up");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    app.wait_held(0).await;
 }
 
 // spec v3-firmware §7 vector 20, and §1: the answer follows the path

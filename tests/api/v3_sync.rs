@@ -2,8 +2,6 @@
 //! 4.0.6: boot, pairing, PUT, commands reaching a held subscribe, successive polls, delivery.
 //! Every scenario ends by asserting the simulator saw nothing the real firmware would choke on.
 
-use std::time::Duration;
-
 use roost::sim::V3Thermostat;
 use roost::sim::http::{Conn, Head, Request};
 use roost::sim::v3::{Answer, Firmware};
@@ -59,21 +57,6 @@ async fn status(app: &TestApp) -> Value {
     app.control.send(&Request::get(&format!("/status?serial={SERIAL}"))).await.unwrap().json().unwrap()
 }
 
-/// Held subscribes (of the one thermostat a test runs), awaited until there are `n`: a 4.0.6
-/// subscribe shows nothing on the wire while it is held.
-async fn wait_held(app: &TestApp, n: u64) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let stats = app.control.send(&Request::get("/api/stats")).await.unwrap().json().unwrap();
-        let held = stats["subscriptions"]["total_subscriptions"].as_u64();
-        if held == Some(n) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{n} held subscribes expected, {held:?} seen");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Opens a subscribe whose answer is awaited elsewhere (4.0.6 gets no head while it is held).
 fn open(t: &V3Thermostat) -> tokio::task::JoinHandle<(Conn, Head)> {
     let t = t.clone();
@@ -93,7 +76,7 @@ async fn each_firmware_boots_settles_and_then_is_held() {
         assert_eq!(st["target_temperature"], json!(20.0));
         // Nothing newer: held. 4.3.3 gets its head at once (no bucket named), 4.0.6 nothing.
         let pending = open(&t);
-        wait_held(&app, 1).await;
+        app.wait_held(1).await;
         match firmware {
             Firmware::V43 => {
                 let (_, head) = pending.await.unwrap();
@@ -139,7 +122,7 @@ async fn a_command_reaches_a_held_4_0_subscribe_as_headers_on_data() {
     let t = booted(&app, Firmware::V40).await;
     let before = t.state().buckets[&shared()].clone();
     let pending = open(&t);
-    wait_held(&app, 1).await;
+    app.wait_held(1).await;
     assert_eq!(app.command(SERIAL, "set_temperature", json!(22.0)).await.status(), 200);
     let (mut conn, head) = tokio::time::timeout(WAIT, pending).await.unwrap().unwrap();
     assert_eq!(head.header("x-nl-skv-key"), Some(shared().as_str()));
@@ -157,7 +140,7 @@ async fn a_command_reaches_a_held_4_0_subscribe_as_headers_on_data() {
         (json!(22.0), json!(true))
     );
     assert!(!String::from_utf8_lossy(&body).contains(": "), "compact");
-    wait_held(&app, 0).await;
+    app.wait_held(0).await;
     // Delivered: it does not expire, and a poll with the new version holds.
     assert!(status(&app).await["pending"]["expires"].is_null(), "{}", status(&app).await);
     no_faults(&t);
@@ -236,7 +219,7 @@ async fn pairing_reaches_the_thermostat_through_entry_or_the_listing() {
         assert!(!keys_of(&app.listing_of(SERIAL).await).contains(&device()), "nothing stored");
         // Its subscribe is held, read-only.
         let pending = open(&t);
-        wait_held(&app, 1).await;
+        app.wait_held(1).await;
 
         let r = app.control_post("/api/register", json!({"code": code, "userId": "alice"})).await;
         assert_eq!(r.status(), 200, "{}", String::from_utf8_lossy(&r.body));
