@@ -146,6 +146,8 @@ pub struct AppState {
     /// Whether this node runs what happens once per change, not once per node (MQTT, history,
     /// marking thermostats offline): always with SQLite; with PostgreSQL, the elected node.
     pub leading: tokio::sync::watch::Receiver<bool>,
+    /// Held TLS responses sealed or not (the device port's connections count them).
+    pub sealing: Arc<telemetry::tls::Sealing>,
 }
 
 /// Whether every bucket a serial holds is pending pairing state (the confirm-pairing dialog

@@ -34,6 +34,8 @@ const PAIRING_SWEEP: Duration = Duration::from_secs(60);
 const CONTROL_SEND_BUFFER: usize = 64 * 1024;
 /// How long a control-port peer may leave sent data unacknowledged before the kernel drops it.
 const CONTROL_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The same for a thermostat: longer, for Wi-Fi that sleeps between beacons.
+const DEVICE_STALL_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct Application {
     device_addr: SocketAddr,
@@ -120,6 +122,7 @@ impl Application {
             mqtt: Default::default(),
             firmware,
             leading,
+            sealing: Default::default(),
         });
         // Every node's changes reach this node's subscribes, streams and bridge through here.
         state.store.follow(Some(crate::cluster::observer(state.clone())), state.shutdown.clone());
@@ -149,7 +152,8 @@ impl Application {
                     request_timeout: config.limits.request_timeout(),
                     keep_alive: Duration::from_secs(60),
                     shutdown_grace_secs: SHUTDOWN_GRACE_SECS,
-                    tune: |_| {},
+                    tune: tune_device_socket,
+                    sealing: state.sealing.clone(),
                 },
             },
             move || {
@@ -184,6 +188,7 @@ impl Application {
                     keep_alive: Duration::from_secs(5),
                     shutdown_grace_secs: SHUTDOWN_GRACE_SECS,
                     tune: tune_control_socket,
+                    sealing: state.sealing.clone(),
                 },
             },
             move || {
@@ -347,9 +352,34 @@ fn counted_devices(config: &Config, store: &Store, pairing: &Pairing) -> Vec<Str
 /// A fixed send buffer bounds what an event-stream client that stopped reading can hold in the
 /// kernel, so it falls behind its queue and is cut off (it resumes by id); a peer that stops
 /// reading altogether (zero window) is dropped by the kernel after a while, which frees its slot.
+/// A thermostat that vanished without a FIN, or stopped reading, is dropped by the kernel once
+/// what roost sent it (a push, a held subscribe's end) stays unacknowledged this long. A held
+/// response waits on its writes, not its hold timeout, so without this it could outlive it.
+fn tune_device_socket(tcp: &tokio::net::TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(DEVICE_STALL_TIMEOUT));
+}
+
 fn tune_control_socket(tcp: &tokio::net::TcpStream) {
     let socket = socket2::SockRef::from(tcp);
     let _ = socket.set_send_buffer_size(CONTROL_SEND_BUFFER);
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = socket.set_tcp_user_timeout(Some(CONTROL_STALL_TIMEOUT));
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn each_port_has_the_kernel_drop_a_peer_that_stops_acknowledging() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let socket = socket2::SockRef::from(&accepted);
+        tune_device_socket(&accepted);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(DEVICE_STALL_TIMEOUT));
+        tune_control_socket(&accepted);
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(CONTROL_STALL_TIMEOUT));
+    }
 }

@@ -69,6 +69,8 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
     /// Socket options for each accepted connection.
     pub tune: fn(&TcpStream),
+    /// Counts held TLS responses sealed or not.
+    pub sealing: Arc<crate::telemetry::tls::Sealing>,
 }
 
 /// Serves `app` on `port`.
@@ -148,6 +150,7 @@ struct DetachedResponse {
     shared: Rc<Shared>,
     body: detach::Detached,
     peer: Option<SocketAddr>,
+    settings: Rc<Settings>,
 }
 
 /// The connection's requests up to its end, or up to a detached response (returned).
@@ -180,15 +183,16 @@ where
             report(peer, &shared, &result);
             None
         }
-        Err(body) => Some(DetachedResponse { io, shared, body, peer }),
+        Err(body) => Some(DetachedResponse { io, shared, body, peer, settings }),
     }
 }
 
 impl DetachedResponse {
     async fn write(self) {
-        let DetachedResponse { io, shared, body, peer } = self;
+        let DetachedResponse { io, shared, body, peer, settings } = self;
         let mut io = Lent(io);
-        io.seal().await;
+        io.seal(&settings.sealing).await;
+        drop(settings); // not kept for as long as the body is written
         // An outlet's writers on other threads need a socket they can share.
         let socket = body.outlet.as_ref().and_then(|_| io.with_stream(Stream::share)?);
         let written = detach::stream(&mut io, body, socket).await;
@@ -354,9 +358,15 @@ impl Lent {
 
     /// TLS keeps only its sending half from here on ([`sealed`]): settled, flushed (the head
     /// and anything rustls queued go out under its own keys), then sealed.
-    async fn seal(&mut self) {
-        if self.with_stream(Stream::settle) == Some(true) && self.flush().await.is_ok() {
-            self.with_stream(Stream::seal);
+    async fn seal(&mut self, sealing: &crate::telemetry::tls::Sealing) {
+        if self.with_stream(|s| matches!(s, Stream::Tls(_))) != Some(true) {
+            return;
+        }
+        let settled = self.with_stream(Stream::settle) == Some(true);
+        if settled && self.flush().await.is_ok() && self.with_stream(Stream::seal) == Some(true) {
+            sealing.sealed();
+        } else {
+            sealing.skipped();
         }
     }
 
@@ -425,23 +435,23 @@ impl Stream {
     }
 
     /// TLS reduced to its sending half ([`sealed`]) once settled and flushed; otherwise left
-    /// as it is.
-    fn seal(&mut self) {
-        let Stream::Tls(_) = self else { return };
-        let Stream::Tls(tls) = std::mem::replace(self, Stream::Closed) else { return };
+    /// as it is. True when sealed.
+    fn seal(&mut self) -> bool {
+        let Stream::Tls(_) = self else { return false };
+        let Stream::Tls(tls) = std::mem::replace(self, Stream::Closed) else { return false };
         match sealed::seal(tls) {
             Ok(sealed) => {
                 *self = Stream::Sealed(Box::new(sealed));
-                crate::telemetry::tls::SEALING.sealed();
+                true
             }
             Err(sealed::Unsealed::Kept(tls)) => {
                 *self = Stream::Tls(tls);
-                crate::telemetry::tls::SEALING.kept();
+                false
             }
             // Not expected (extraction is enabled for every suite offered); the connection ends.
             Err(sealed::Unsealed::Failed(e)) => {
                 tracing::warn!(error = %e, "could not take a TLS connection's send key");
-                crate::telemetry::tls::SEALING.kept();
+                false
             }
         }
     }

@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, web};
 
 use crate::AppState;
 use crate::telemetry::exposition::{CONTENT_TYPE, Exposition, Kind};
-use crate::telemetry::{database, process, requests, tls};
+use crate::telemetry::{database, process, requests};
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let mut out = Exposition::new();
@@ -15,7 +15,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     thermostats(&state, &mut out);
     event_streams(&state, &mut out);
     database::WRITES.render(&mut out);
-    tls::SEALING.render(&mut out);
+    state.sealing.render(&mut out);
     mqtt(&state, &mut out);
     HttpResponse::Ok().content_type(CONTENT_TYPE).body(out.finish())
 }

@@ -1,23 +1,22 @@
 //! Detached responses over TLS: how many were reduced to their send key (`conn::sealed`) and
-//! how many kept rustls because it was not ready to let go.
+//! how many were not. One per running server (its device port counts, `/metrics` shows).
 
 use super::exposition::{Exposition, Kind};
 use super::series::Counter;
 
+#[derive(Default)]
 pub struct Sealing {
     sealed: Counter,
-    kept: Counter,
+    skipped: Counter,
 }
-
-pub static SEALING: Sealing = Sealing { sealed: Counter::new(), kept: Counter::new() };
 
 impl Sealing {
     pub fn sealed(&self) {
         self.sealed.add(1);
     }
 
-    pub fn kept(&self) {
-        self.kept.add(1);
+    pub fn skipped(&self) {
+        self.skipped.add(1);
     }
 
     pub fn render(&self, out: &mut Exposition) {
@@ -30,8 +29,8 @@ impl Sealing {
         out.single(
             "roost_tls_seal_skipped_total",
             Kind::Counter,
-            "Held TLS responses left to rustls whole: the peer had closed, or rustls still had records to send.",
-            self.kept.get() as f64,
+            "Held TLS responses not sealed: the peer had closed, a write failed, or rustls had records left to send or gave no key.",
+            self.skipped.get() as f64,
         );
     }
 }

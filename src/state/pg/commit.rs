@@ -303,7 +303,8 @@ pub(super) fn parse_body(text: &str) -> Option<Body> {
     let mut delta = Delta { delete: v.get("delete")?.as_bool()?, ..Delta::default() };
     for w in v.get("writes")?.as_array()? {
         let value = match w.get(4)? {
-            Value::Object(map) => map.clone(),
+            // Kept as the node's copy of the bucket: at its exact size, as a local write's is.
+            Value::Object(map) => crate::domain::bucket::compact(map),
             _ => return None,
         };
         let bucket = Bucket {
