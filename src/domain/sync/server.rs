@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::plan::{Buckets, Context, DeviceState, Draft, Event, Origin, Plan, Planner};
 use super::subscribe::carries_flag;
 use super::version::{Bump, Version, write};
-use crate::domain::bucket::{Bucket, Fields, merged};
+use crate::domain::bucket::{Bucket, Fields, compact, merged};
 use crate::domain::command::{self, CommandError, DeviceView, Target};
 
 /// The user id with a leading `user_` removed, as used in `structure.<id>`.
@@ -270,7 +270,7 @@ impl Planner for ExpireRequest {
             }
             count += expired.len();
             let mut restored = Fields::new();
-            let mut value = draft.get(key).map(|b| b.value.clone()).unwrap_or_default();
+            let mut value = draft.get(key).map(|b| compact(&b.value)).unwrap_or_default();
             for name in &expired {
                 match pending.fields.get(name).and_then(|f| f.previous.clone()) {
                     Some(previous) => {

@@ -366,6 +366,32 @@ fn tv29_server_timestamps_are_milliseconds() {
     assert!(plan.writes.iter().all(|(_, b)| b.timestamp > 1_000_000_000_000));
 }
 
+/// A schedule command replaces the whole bucket (what the old one had and the new one lacks
+/// goes); a command on another bucket merges into it.
+#[test]
+fn a_schedule_replaces_its_bucket_while_shared_is_merged() {
+    let schedule = format!("schedule.{S}");
+    let mut s = booted();
+    s.buckets.insert(
+        schedule.clone(),
+        Arc::new(Bucket {
+            revision: 2,
+            timestamp: 1_760_000_000_000,
+            value: f(json!({"ver": 2, "schedule_mode": "HEAT", "name": "Winter", "days": {"1": {}}, "old_field": 1})),
+            updated_at: 0,
+        }),
+    );
+    let sent = json!({"ver": 2, "schedule_mode": "cool", "days": {"0": [{"type": "COOL", "time": 3600, "temp": 25}]}});
+    let plan = command(&s, "set_schedule", sent, 1_760_000_001_000);
+    apply(&mut s, &plan);
+    let stored = &s.buckets[&schedule].value;
+    assert!(stored.get("old_field").is_none(), "replaced, not merged: {stored:?}");
+    assert_eq!(stored["schedule_mode"], json!("COOL"));
+    let shared = &s.buckets[&shared()].value;
+    assert_eq!(shared["schedule_mode"], json!("COOL"));
+    assert_eq!(shared["target_temperature"], json!(20.0), "merged, not replaced");
+}
+
 #[test]
 fn a_command_on_a_device_without_buckets_is_refused() {
     let r = CommandRequest {
