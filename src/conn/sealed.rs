@@ -403,6 +403,31 @@ mod tests {
         assert_eq!(n, 0);
     }
 
+    /// After roost's `close_notify`, the closing drain must read the peer's bytes up to its FIN
+    /// (reporting the end at its first bytes would leave the rest unread, and the close would
+    /// be a reset).
+    #[tokio::test]
+    async fn after_close_notify_the_peers_bytes_are_read_up_to_its_fin() {
+        let (mut sealed, mut client) =
+            sealed_pair(&rustls::version::TLS12, cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256).await;
+        sealed.shutdown().await.unwrap();
+        let mut seen = Vec::new();
+        client.read_to_end(&mut seen).await.unwrap();
+        // The peer answers with its own close_notify (a 31-byte record here), then its FIN.
+        client.shutdown().await.unwrap();
+        let mut drained = 0;
+        let mut buf = [0u8; 8];
+        loop {
+            let n =
+                tokio::time::timeout(std::time::Duration::from_secs(10), sealed.read(&mut buf)).await.unwrap().unwrap();
+            if n == 0 {
+                break;
+            }
+            drained += n;
+        }
+        assert!(drained > buf.len(), "the peer's close_notify was read whole before its FIN: {drained} bytes");
+    }
+
     /// rustls answers a TLS 1.3 `KeyUpdate` only with its next write, under the key it then
     /// replaces; sealing without sending that answer first would seal with a key the peer does
     /// not have yet.
