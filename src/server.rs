@@ -349,9 +349,6 @@ fn counted_devices(config: &Config, store: &Store, pairing: &Pairing) -> Vec<Str
     counted
 }
 
-/// A fixed send buffer bounds what an event-stream client that stopped reading can hold in the
-/// kernel, so it falls behind its queue and is cut off (it resumes by id); a peer that stops
-/// reading altogether (zero window) is dropped by the kernel after a while, which frees its slot.
 /// A thermostat that vanished without a FIN, or stopped reading, is dropped by the kernel once
 /// what roost sent it (a push, a held subscribe's end) stays unacknowledged this long. A held
 /// response waits on its writes, not its hold timeout, so without this it could outlive it.
@@ -360,6 +357,9 @@ fn tune_device_socket(tcp: &tokio::net::TcpStream) {
     let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(DEVICE_STALL_TIMEOUT));
 }
 
+/// A fixed send buffer bounds what an event-stream client that stopped reading can hold in the
+/// kernel, so it falls behind its queue and is cut off (it resumes by id); a peer that stops
+/// reading altogether (zero window) is dropped by the kernel after a while, which frees its slot.
 fn tune_control_socket(tcp: &tokio::net::TcpStream) {
     let socket = socket2::SockRef::from(tcp);
     let _ = socket.set_send_buffer_size(CONTROL_SEND_BUFFER);

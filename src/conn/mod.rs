@@ -359,10 +359,7 @@ impl Lent {
     /// TLS keeps only its sending half from here on ([`sealed`]): settled, flushed (the head
     /// and anything rustls queued go out under its own keys), then sealed.
     async fn seal(&mut self, sealing: &crate::telemetry::tls::Sealing) {
-        if self.with_stream(|s| matches!(s, Stream::Tls(_))) != Some(true) {
-            return;
-        }
-        let settled = self.with_stream(Stream::settle) == Some(true);
+        let Some(settled) = self.with_stream(Stream::settle).flatten() else { return };
         if settled && self.flush().await.is_ok() && self.with_stream(Stream::seal) == Some(true) {
             sealing.sealed();
         } else {
@@ -426,11 +423,12 @@ pub enum Stream {
 }
 
 impl Stream {
-    /// Readies TLS for [`Stream::seal`] (see [`sealed::settle`]); false when it will not be sealed.
-    fn settle(&mut self) -> bool {
+    /// Readies TLS for [`Stream::seal`] (see [`sealed::settle`]); false when it will not be
+    /// sealed, `None` when it is not TLS.
+    fn settle(&mut self) -> Option<bool> {
         match self {
-            Stream::Tls(tls) => sealed::settle(tls.get_mut().1),
-            _ => false,
+            Stream::Tls(tls) => Some(sealed::settle(tls.get_mut().1)),
+            _ => None,
         }
     }
 

@@ -80,7 +80,7 @@ pub fn seal(mut tls: Box<TlsStream<TcpStream>>) -> Result<Sealed, Unsealed> {
 }
 
 /// The send key of a TLS connection and its record sequence number.
-pub struct Sealer {
+struct Sealer {
     key: LessSafeKey,
     iv: [u8; aead::NONCE_LEN],
     seq: u64,
